@@ -1,0 +1,33 @@
+"""Prefect Block types: facilities (where payload jobs run) and stores (where data lives).
+
+Importing this package registers the block types with Prefect (it is the project's
+`prefect.collections` entry point).
+"""
+
+from __future__ import annotations
+
+from blocks.archive import ArchivedFile, LocalArchive, StoreBlock
+from blocks.facility import FacilityBlock
+from blocks.jobs import InputFile, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from blocks.local import LocalFacility
+from blocks.states import JobState
+
+FACILITY_TYPES: tuple[type[FacilityBlock], ...] = (LocalFacility,)
+STORE_TYPES: tuple[type[StoreBlock], ...] = (LocalArchive,)
+
+__all__ = [
+    "FACILITY_TYPES",
+    "STORE_TYPES",
+    "ArchivedFile",
+    "FacilityBlock",
+    "InputFile",
+    "JobOutputs",
+    "JobRef",
+    "JobSpec",
+    "JobState",
+    "JobStatus",
+    "LocalArchive",
+    "LocalFacility",
+    "OutputFile",
+    "StoreBlock",
+]

@@ -1,0 +1,93 @@
+"""Stores: where a run's outputs are archived. `LocalArchive` keeps them in a directory.
+
+Every archived file carries its size, sha256 and adler32, whatever the store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.checksums import digest
+from blocks.jobs import OutputFile, relative_path
+from esap_prefect.settings import home
+
+
+class ArchivedFile(BaseModel):
+    """One file in a store, with what is needed to check it later."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    size: int
+    sha256: str
+    adler32: str
+    location: str = Field(description="URI of the archived copy.")
+
+
+class StoreBlock(Block, ABC):
+    """A data service that can keep a run's outputs."""
+
+    kind: str = ""
+
+    @property
+    def store_name(self) -> str:
+        """The saved block's name, or the store kind for an unsaved default."""
+        return self._block_document_name or self.kind
+
+    @abstractmethod
+    def archive(self, run_key: str, files: Sequence[OutputFile]) -> list[ArchivedFile]:
+        """Keep `files` under `run_key`; archiving the same files again changes nothing."""
+
+
+class LocalArchive(StoreBlock):
+    """Archives outputs into a directory: <root>/<run key>/<job name>/<file>.
+
+    Example:
+        ```python
+        from blocks import LocalArchive
+        LocalArchive(root="/data/esap-results").save("local")
+        ```
+    """
+
+    _block_type_name = "Local Archive"
+    _description = "Keeps ESAP run outputs in a local directory, with checksums."
+
+    kind: str = "local"
+    root: Path | None = Field(
+        default=None, description="Results directory; default $ESAP_PREFECT_HOME/results."
+    )
+
+    def _root(self) -> Path:
+        root = (self.root or home() / "results").expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def archive(self, run_key: str, files: Sequence[OutputFile]) -> list[ArchivedFile]:
+        """Copy each file in atomically, skipping copies already there with the same sha256."""
+        base = self._root() / relative_path(run_key)
+        archived = []
+        for item in files:
+            target = base / relative_path(item.name)
+            source = digest(item.path)
+            if not (target.exists() and digest(target).sha256 == source.sha256):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+                shutil.copyfile(item.path, partial)
+                partial.replace(target)
+            archived.append(
+                ArchivedFile(
+                    name=item.name,
+                    size=source.size,
+                    sha256=source.sha256,
+                    adler32=source.adler32,
+                    location=target.as_uri(),
+                )
+            )
+        return archived

@@ -1,0 +1,118 @@
+"""Job specs, job refs, statuses and outputs: what flows hand to facilities and get back.
+
+The same models serve every facility; a facility adds nothing to them but its own job id.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from blocks.states import JobState
+from planner.units import Duration, Memory
+
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _job_name(value: str) -> str:
+    if not _JOB_NAME.match(value):
+        raise ValueError(
+            f"job name {value!r} must be 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def relative_path(value: str) -> str:
+    """A relative POSIX path inside a job's directory: no absolute path, no '..'."""
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or "\x00" in value:
+        raise ValueError(f"{value!r} must be a relative path inside the job directory")
+    return value
+
+
+def _env_names(value: dict[str, str]) -> dict[str, str]:
+    for key, item in value.items():
+        if not _ENV_NAME.match(key):
+            raise ValueError(f"environment variable name {key!r} is not valid")
+        if "\x00" in item:
+            raise ValueError(f"environment variable {key} holds a NUL character")
+    return value
+
+
+JobName = Annotated[str, AfterValidator(_job_name)]
+RelativePath = Annotated[str, AfterValidator(relative_path)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputFile(_Model):
+    """A file placed in the job's working directory before it starts."""
+
+    name: RelativePath
+    content: str | None = Field(default=None, description="Text written to the file.")
+    source: Path | None = Field(default=None, description="A local file copied in.")
+    executable: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.content is None) == (self.source is None):
+            raise ValueError(f"input {self.name!r} needs exactly one of content or source")
+        return self
+
+
+class JobSpec(_Model):
+    """One payload job. Its name is the idempotency key: unique within a facility."""
+
+    name: JobName
+    executable: str = Field(min_length=1)
+    arguments: list[str] = Field(default_factory=list)
+    image: str | None = None
+    env: Annotated[dict[str, str], AfterValidator(_env_names)] = Field(default_factory=dict)
+    inputs: list[InputFile] = Field(default_factory=list)
+    outputs: list[RelativePath] = Field(
+        default_factory=list, description="Glob patterns, relative to the working directory."
+    )
+    cores: int = Field(default=1, ge=1)
+    memory: Memory | None = None
+    walltime: Duration = 3600
+
+
+class JobRef(_Model):
+    """What a facility returns for a submitted job: enough to poll, fetch and cancel it."""
+
+    facility: str
+    job_id: str
+    name: JobName
+
+
+class JobStatus(_Model):
+    """The state of a job at one poll."""
+
+    ref: JobRef
+    state: JobState
+    detail: str = Field(default="", description="Facility status text, e.g. minor status.")
+    exit_code: int | None = None
+
+
+class OutputFile(_Model):
+    """One output file: its logical name (job/relative path) and where it is now."""
+
+    name: str
+    path: Path
+
+
+class JobOutputs(_Model):
+    """What came back from a job: declared outputs, logs, and patterns that matched nothing."""
+
+    ref: JobRef
+    files: list[OutputFile] = Field(default_factory=list)
+    stdout: Path | None = None
+    stderr: Path | None = None
+    missing: list[str] = Field(default_factory=list)

@@ -1,0 +1,293 @@
+"""The local facility: each job a process group in its own working directory on this host.
+
+It is the embedded default; wall time is enforced and cancel kills the whole group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field
+
+from blocks.facility import FacilityBlock
+from blocks.jobs import JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from blocks.local_runner import (
+    META,
+    JobRecord,
+    LocalRunner,
+    read_record,
+    runner_for,
+    write_record,
+)
+from blocks.states import JobState
+from esap_prefect.settings import home
+from planner.models import Capabilities, TaskType
+from planner.units import Duration, Memory
+
+_PASSED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+
+
+def _machine_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class LocalFacility(FacilityBlock):
+    """Runs payload jobs as processes on the host of the flow run.
+
+    Each job gets its own working directory under `workdir`, its inputs written there, its
+    stdout and stderr captured, its wall time enforced; cancel kills its process group.
+    Jobs see only a minimal environment plus their own variables, with the Python that runs
+    the facility first on PATH.
+
+    Example:
+        ```python
+        from blocks import LocalFacility
+        LocalFacility(max_cores=4).save("local")
+        ```
+    """
+
+    _block_type_name = "Local Facility"
+    _description = "Runs ESAP payload jobs as local processes (the embedded default)."
+
+    kind: str = "local"
+    workdir: Path | None = Field(
+        default=None,
+        description="Root of the jobs' working directories; default $ESAP_PREFECT_HOME/jobs.",
+    )
+    max_cores: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Cores the facility may use at once; jobs queue beyond that.",
+    )
+    max_memory: Memory = Field(
+        default_factory=_machine_memory, description="Largest memory a job may ask for."
+    )
+    max_duration: Duration = Field(default=86400, description="Longest wall time a job may ask.")
+    kill_grace: float = Field(default=5.0, ge=0, description="Seconds between SIGTERM and SIGKILL.")
+    preference: int = Field(default=100, description="Planner rank, lower preferred.")
+
+    def _root(self) -> Path:
+        root = (self.workdir or home() / "jobs").expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def _runner(self) -> LocalRunner:
+        return runner_for(self._root(), self.max_cores, self.kill_grace)
+
+    def capabilities(self) -> Capabilities:
+        """One executable task at a time per core, within the host's limits."""
+        return Capabilities(
+            facility=self.facility_name,
+            kind=self.kind,
+            tasktypes=frozenset({TaskType.EXECUTABLE}),
+            maxcores=self.max_cores,
+            maxmemory=self.max_memory,
+            maxduration=self.max_duration,
+            servicetype="uri://esap-prefect/local",
+            preference=self.preference,
+        )
+
+    def _job_env(self, spec: JobSpec, directory: Path) -> dict[str, str]:
+        env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
+        env["PATH"] = os.pathsep.join(
+            [str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]
+        )
+        env.update(spec.env)
+        env["ESAP_JOB_NAME"] = spec.name
+        env["ESAP_JOB_DIR"] = str(directory)
+        return env
+
+    def _check(self, spec: JobSpec) -> None:
+        if spec.cores > self.max_cores:
+            raise ValueError(
+                f"job {spec.name} asks for {spec.cores} cores; facility "
+                f"{self.facility_name} has {self.max_cores}"
+            )
+        if spec.memory is not None and spec.memory > self.max_memory:
+            raise ValueError(f"job {spec.name} asks for more memory than {self.facility_name} has")
+        if spec.walltime > self.max_duration:
+            raise ValueError(
+                f"job {spec.name} asks for {spec.walltime}s wall time; facility "
+                f"{self.facility_name} allows {self.max_duration}s"
+            )
+
+    def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
+        """Prepare each job's directory and queue it; names already submitted are reused."""
+        for spec in specs:
+            self._check(spec)
+        root = self._root()
+        runner = self._runner()
+        refs = []
+        for spec in specs:
+            directory = root / spec.name
+            meta = directory / META
+            wanted = spec.model_dump_json()
+            try:
+                meta.mkdir(parents=True)
+            except FileExistsError:
+                if (meta / "spec.json").exists():
+                    if (meta / "spec.json").read_text() != wanted:
+                        raise ValueError(
+                            f"job {spec.name} was already submitted to {self.facility_name} "
+                            "with a different spec; give the new job another name"
+                        ) from None
+                    refs.append(
+                        JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name)
+                    )
+                    continue
+            for item in spec.inputs:
+                target = directory / item.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if item.content is not None:
+                    target.write_text(item.content)
+                elif item.source is not None:
+                    shutil.copyfile(item.source, target)
+                if item.executable:
+                    target.chmod(0o755)
+            (meta / "spec.json").write_text(wanted)
+            runner.enqueue(
+                spec.name,
+                directory,
+                [spec.executable, *spec.arguments],
+                self._job_env(spec, directory),
+                spec.cores,
+                float(spec.walltime),
+            )
+            refs.append(JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name))
+        return refs
+
+    def _status(self, ref: JobRef) -> JobStatus:
+        root = self._root()
+        runner = self._runner()
+        directory = root / ref.job_id
+        meta = directory / META
+        record = read_record(meta)
+        if record is None:
+            where = runner.where(ref.job_id)
+            if where == "queued":
+                return JobStatus(ref=ref, state=JobState.PENDING, detail="queued")
+            if where == "running":
+                return JobStatus(ref=ref, state=JobState.RUNNING, detail="running")
+            record = self._take_over(ref, directory)
+            if record is None:
+                return JobStatus(ref=ref, state=JobState.RUNNING, detail="running (taken over)")
+        return JobStatus(
+            ref=ref, state=record.state, detail=record.reason, exit_code=record.exit_code
+        )
+
+    def _take_over(self, ref: JobRef, directory: Path) -> JobRecord | None:
+        """Handle a job this process does not hold: started by a process that is gone."""
+        meta = directory / META
+        if not (meta / "spec.json").exists():
+            raise KeyError(f"facility {self.facility_name} has no job {ref.job_id}")
+        runner = self._runner()
+        try:
+            launched = json.loads((meta / "pid").read_text())
+        except FileNotFoundError:
+            spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
+            runner.enqueue(
+                spec.name,
+                directory,
+                [spec.executable, *spec.arguments],
+                self._job_env(spec, directory),
+                spec.cores,
+                float(spec.walltime),
+            )
+            return None
+        spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
+        if runner.adopt(
+            ref.job_id, directory, launched["pid"], launched["started"], float(spec.walltime)
+        ):
+            return None
+        record = read_record(meta)
+        if record is None:
+            try:
+                code: int | None = int((meta / "exit_code").read_text())
+            except (FileNotFoundError, ValueError):
+                code = None
+            state = JobState.COMPLETED if code == 0 else JobState.FAILED
+            reason = (
+                ""
+                if code == 0
+                else (
+                    f"exit code {code}"
+                    if code is not None
+                    else "lost: the job ended while no supervisor was watching it"
+                )
+            )
+            record = JobRecord(state, code, reason, launched["started"], time.time())
+            write_record(meta, record)
+        return record
+
+    def poll(self, refs: Sequence[JobRef]) -> list[JobStatus]:
+        """States read from the jobs' directories and this process's runner."""
+        return [self._status(ref) for ref in refs]
+
+    def fetch(self, refs: Sequence[JobRef], dest: Path) -> list[JobOutputs]:
+        """Link (or copy) each job's declared outputs and logs to `dest`/<job name>/."""
+        root = self._root()
+        results = []
+        for ref in refs:
+            directory = root / ref.job_id
+            spec = JobSpec.model_validate_json((directory / META / "spec.json").read_text())
+            target = dest / ref.name
+            files, missing = [], []
+            for pattern in spec.outputs:
+                matches = sorted(
+                    Path(p)
+                    for p in glob.glob(str(directory / pattern), recursive=True)
+                    if Path(p).is_file() and META not in Path(p).relative_to(directory).parts
+                )
+                if not matches:
+                    missing.append(pattern)
+                for path in matches:
+                    relative = path.relative_to(directory)
+                    files.append(
+                        OutputFile(
+                            name=f"{ref.name}/{relative.as_posix()}",
+                            path=_place(path, target / relative),
+                        )
+                    )
+            logs = {
+                name: _place(directory / META / name, target / f"{name}.txt")
+                for name in ("stdout", "stderr")
+                if (directory / META / name).exists()
+            }
+            results.append(
+                JobOutputs(
+                    ref=ref,
+                    files=files,
+                    stdout=logs.get("stdout"),
+                    stderr=logs.get("stderr"),
+                    missing=missing,
+                )
+            )
+        return results
+
+    def cancel(self, refs: Sequence[JobRef]) -> list[JobStatus]:
+        """Cancel queued and running jobs (their process groups get SIGTERM, then SIGKILL)."""
+        runner = self._runner()
+        for ref in refs:
+            status = self._status(ref)
+            if not status.state.is_final:
+                runner.cancel(ref.job_id)
+        return self.poll(refs)
+
+
+def _place(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target

@@ -1,0 +1,91 @@
+"""Finding facilities and stores by name among the blocks saved in Prefect.
+
+With nothing saved, the embedded defaults (a local facility and a local archive) are used.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from blocks.archive import LocalArchive, StoreBlock
+from blocks.facility import FacilityBlock
+from blocks.local import LocalFacility
+
+B = TypeVar("B", FacilityBlock, StoreBlock)
+
+DEFAULT_NAME = "local"
+
+
+class UnknownBlockError(LookupError):
+    """No saved facility or store has the name asked for."""
+
+
+def _saved(types: tuple[type[B], ...]) -> list[tuple[type[B], str]]:
+    found = []
+    with get_client(sync_client=True) as client:
+        for cls in types:
+            try:
+                documents = client.read_block_documents_by_type(cls.get_block_type_slug())
+            except ObjectNotFound:
+                continue
+            found.extend((cls, doc.name) for doc in documents if doc.name)
+    return found
+
+
+def _all(types: tuple[type[B], ...], default: B) -> list[B]:
+    blocks = [cls.load(name) for cls, name in _saved(types)]
+    names = {getattr(b, "_block_document_name", None) for b in blocks}
+    if DEFAULT_NAME not in names:
+        blocks.insert(0, default)
+    return blocks
+
+
+def _one(types: tuple[type[B], ...], name: str, default: B, what: str) -> B:
+    slug, _, plain = name.rpartition("/")
+    saved = [
+        (cls, n)
+        for cls, n in _saved(types)
+        if n == plain and (not slug or cls.get_block_type_slug() == slug)
+    ]
+    if len(saved) == 1:
+        cls, found = saved[0]
+        return cls.load(found)
+    if len(saved) > 1:
+        kinds = ", ".join(f"{cls.get_block_type_slug()}/{n}" for cls, n in saved)
+        raise UnknownBlockError(f"{what} name {name!r} is ambiguous: use one of {kinds}")
+    if plain == DEFAULT_NAME and not slug:
+        return default
+    known = sorted({n for _, n in _saved(types)} | {DEFAULT_NAME})
+    raise UnknownBlockError(f"no {what} named {name!r}; known: {', '.join(known)}")
+
+
+def facility_types() -> tuple[type[FacilityBlock], ...]:
+    """Every facility block type this project provides."""
+    from blocks import FACILITY_TYPES
+
+    return FACILITY_TYPES
+
+
+def store_types() -> tuple[type[StoreBlock], ...]:
+    """Every store block type this project provides."""
+    from blocks import STORE_TYPES
+
+    return STORE_TYPES
+
+
+def list_facilities() -> list[FacilityBlock]:
+    """Every saved facility, plus the default local one if none is saved as 'local'."""
+    return _all(facility_types(), LocalFacility())
+
+
+def load_facility(name: str | None = None) -> FacilityBlock:
+    """The facility called `name` ('name' or 'block-type/name'); None means 'local'."""
+    return _one(facility_types(), name or DEFAULT_NAME, LocalFacility(), "facility")
+
+
+def load_store(name: str | None = None) -> StoreBlock:
+    """The store called `name`; None means 'local' (the local archive)."""
+    return _one(store_types(), name or DEFAULT_NAME, LocalArchive(), "store")

@@ -1,0 +1,104 @@
+"""The embedded stack: a Prefect server on SQLite, a process worker on the `local` pool.
+
+Used by `esap-prefect up` (kept running) and `esap-prefect demo` (one run, then stopped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from deployments.processes import ProcessError, port_in_use, spawn, stop_group, wait_http_ok
+from esap_prefect.settings import stack_file
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message says why."""
+
+
+class EmbeddedStack:
+    """A Prefect server and worker started under one home directory.
+
+    The caller must have pointed Prefect at `api_url` (PREFECT_API_URL) before importing
+    Prefect, so that bootstrap talks to this server.
+    """
+
+    def __init__(
+        self, home: Path, host: str = "127.0.0.1", port: int = 4200, pool: str = "local"
+    ) -> None:
+        self.home, self.host, self.port, self.pool = home, host, port, pool
+        self.logs = home / "logs"
+        self._server: subprocess.Popen[bytes] | None = None
+        self._worker: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        """The Prefect API of this stack."""
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        """The Prefect UI of this stack."""
+        return f"http://{self.host}:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
+            "PREFECT_UI_API_URL": self.api_url,
+        }
+
+    def start(self, deploy: bool = True) -> None:
+        """Start the server, prepare it, start the worker. Stops what it started on failure."""
+        if port_in_use(self.host, self.port):
+            raise StackError(
+                f"port {self.port} on {self.host} is already in use: stop what "
+                "listens there or choose another with --port"
+            )
+        prefect = str(Path(sys.executable).parent / "prefect")
+        try:
+            self._server = spawn(
+                [prefect, "server", "start", "--host", self.host, "--port", str(self.port)],
+                self.logs / "server.log",
+                self._env(),
+            )
+            wait_http_ok(f"{self.api_url}/health", self._server, self.logs / "server.log", 90)
+            from deployments.bootstrap import bootstrap
+
+            bootstrap(deploy=deploy)
+            self._worker = spawn(
+                [prefect, "worker", "start", "--pool", self.pool, "--type", "process"],
+                self.logs / "worker.log",
+                self._env(),
+            )
+        except (ProcessError, RuntimeError, OSError) as exc:
+            self.stop()
+            raise StackError(f"the embedded stack did not start: {exc}") from exc
+        stack_file().write_text(json.dumps({"api_url": self.api_url, "pid": os.getpid()}))
+
+    def stop(self) -> None:
+        """Stop the worker, then the server (TERM, KILL after a timeout), leaving nothing."""
+        for process in (self._worker, self._server):
+            if process is not None:
+                stop_group(process)
+        self._worker = self._server = None
+        path = stack_file()
+        if path.exists() and json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+
+    def __enter__(self) -> EmbeddedStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()

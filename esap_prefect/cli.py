@@ -1,0 +1,231 @@
+"""The `esap-prefect` command: run workflows, start the embedded stack, plan, list things.
+
+Prefect is imported inside the commands, after $ESAP_PREFECT_HOME is applied to its settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from esap_prefect.params import (
+    ParameterError,
+    check_names,
+    describe,
+    parse_pairs,
+    read_params_file,
+)
+from esap_prefect.settings import configure_prefect_environment, home
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="The ESAP batch back end on Prefect 3.",
+)
+
+HostOption = Annotated[str, typer.Option(help="Address the Prefect server listens on.")]
+PortOption = Annotated[int, typer.Option(help="Port of the Prefect server (API and UI).")]
+
+
+class UserError(Exception):
+    """Bad input or a failed precondition: printed as one line, exit status 2."""
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+) -> None:
+    """The ESAP batch back end on Prefect 3."""
+    if verbose:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    configure_prefect_environment()
+
+
+def _collect_parameters(
+    workflow: str, pairs: list[str], params_file: Path | None, facility: str | None
+) -> tuple[Any, dict[str, Any]]:
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.registry import UnknownWorkflowError, get_workflow
+
+    try:
+        flow = get_workflow(workflow).load()
+        parameters = read_params_file(params_file) if params_file else {}
+        parameters.update(parse_pairs(pairs))
+        if facility:
+            parameters["facility"] = facility
+        check_names(flow.fn, parameters, workflow)
+        flow.validate_parameters(parameters)
+    except (UnknownWorkflowError, ParameterError) as exc:
+        raise UserError(str(exc)) from None
+    except ParameterTypeError as exc:
+        cause = exc.__cause__
+        detail = describe(cause) if isinstance(cause, ValidationError) else str(exc)
+        raise UserError(f"invalid parameter for {workflow}: {detail}") from None
+    return flow, parameters
+
+
+@app.command()
+def run(
+    workflow: Annotated[str, typer.Argument(help="Workflow name, see `esap-prefect workflows`.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="KEY=VALUE; JSON lists, objects and numbers are parsed."
+        ),
+    ] = None,
+    params_file: Annotated[Path | None, typer.Option(help="JSON object of parameters.")] = None,
+    facility: Annotated[str | None, typer.Option(help="Facility to run on.")] = None,
+) -> None:
+    """Run a workflow in this process and print its result as JSON."""
+    with _user_errors():
+        flow, parameters = _collect_parameters(workflow, param or [], params_file, facility)
+    state = flow(**parameters, return_state=True)
+    if not state.is_completed():
+        typer.echo(f"error: {workflow} ended {state.name}: {state.message}", err=True)
+        raise typer.Exit(1)
+    _print_json(state.result())
+
+
+def _print_json(result: Any) -> None:
+    if isinstance(result, BaseModel):
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def workflows() -> None:
+    """List the workflows with their deployments and parameters."""
+    from flows.registry import WORKFLOWS
+
+    for wf in WORKFLOWS.values():
+        flow = wf.load()
+        typer.echo(f"{wf.name}  (deployment {wf.deployment})\n  {wf.description}")
+        for name, prop in flow.parameters.properties.items():
+            kind = prop.get("type") or " | ".join(p.get("type", "?") for p in prop.get("anyOf", []))
+            default = f" = {json.dumps(prop['default'])}" if "default" in prop else ""
+            typer.echo(f"    {name}: {kind}{default}")
+
+
+@app.command()
+def facilities() -> None:
+    """List the facilities with what they can run."""
+    from blocks.registry import list_facilities
+
+    for facility in list_facilities():
+        cap = facility.capabilities().model_dump(mode="json")
+        typer.echo(
+            f"{cap['facility']}  ({cap['kind']})  runs {', '.join(sorted(cap['tasktypes']))}"
+            f"; up to {cap['maxcores']} cores, {cap['maxmemory']}, {cap['maxduration']}"
+        )
+
+
+@app.command()
+def plan(
+    request: Annotated[
+        Path, typer.Argument(help="Planner request JSON (tasktype, taskinfo, resources).")
+    ],
+    facility: Annotated[str | None, typer.Option(help="Ask only this facility.")] = None,
+) -> None:
+    """Answer an IVOA Execution Planner request against the facilities (YES/NO, offers)."""
+    from planner.models import TaskRequest
+
+    with _user_errors():
+        try:
+            body = json.loads(request.read_text())
+        except FileNotFoundError:
+            raise UserError(f"planner request {request} does not exist") from None
+        except ValueError as exc:
+            raise UserError(f"planner request {request} is not valid JSON: {exc}") from None
+        try:
+            task_request = TaskRequest.model_validate(body)
+        except ValidationError as exc:
+            raise UserError(f"invalid planner request: {describe(exc)}") from None
+        from blocks.registry import UnknownBlockError, list_facilities, load_facility
+        from planner.matching import match
+
+        try:
+            candidates = [load_facility(facility)] if facility else list_facilities()
+        except UnknownBlockError as exc:
+            raise UserError(str(exc)) from None
+    answer = match(task_request, [f.capabilities() for f in candidates])
+    typer.echo(answer.model_dump_json(indent=2))
+
+
+@contextmanager
+def _stack(host: str, port: int) -> Iterator[Any]:
+    os.environ["PREFECT_API_URL"] = f"http://{host}:{port}/api"
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.stack import EmbeddedStack, StackError
+
+    stack = EmbeddedStack(home(), host=host, port=port)
+    with _user_errors(), temporary_settings({PREFECT_API_URL: stack.api_url}):
+        try:
+            stack.start()
+        except StackError as exc:
+            raise UserError(str(exc)) from None
+        try:
+            yield stack
+        finally:
+            stack.stop()
+
+
+@app.command()
+def demo(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
+    """Start the embedded stack, run Hello World through its deployment, stop everything."""
+    from prefect.deployments import run_deployment
+
+    from flows.registry import get_workflow
+
+    wf = get_workflow("hello-world")
+    with _stack(host, port) as stack:
+        typer.echo(f"Prefect server up at {stack.ui_url}; running {wf.deployment} ...", err=True)
+        flow_run = run_deployment(wf.deployment, timeout=600, poll_interval=1)
+        link = f"{stack.ui_url}/runs/flow-run/{flow_run.id}"
+        state = flow_run.state
+        if state is None or not state.is_completed():
+            typer.echo(
+                f"error: the run ended {state.name if state else 'unknown'}: "
+                f"{state.message if state else ''}\n{link}",
+                err=True,
+            )
+            raise typer.Exit(1)
+        _print_json(state.result())
+        typer.echo(f"Prefect UI: {link}", err=True)
+
+
+@app.command()
+def up(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
+    """Start the embedded stack and keep it running until Ctrl-C or SIGTERM."""
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    with _stack(host, port) as stack:
+        typer.echo(
+            f"esap-prefect is up.\n  Prefect UI:  {stack.ui_url}\n"
+            f"  Prefect API: {stack.api_url}\n  home:        {home()}\n"
+            "Press Ctrl-C to stop."
+        )
+        stopping.wait()
+        typer.echo("stopping ...", err=True)

@@ -1,0 +1,73 @@
+"""Workflow parameters from the command line (`-p KEY=VALUE`, `--params-file`) and their checks.
+
+Values that parse as a JSON list, object or number are taken as JSON, all else as strings.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class ParameterError(ValueError):
+    """A parameter is missing, unknown or of the wrong type; the message names it."""
+
+
+def parse_value(text: str) -> Any:
+    """JSON for lists, objects and numbers; the text itself otherwise."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, list | dict | int | float) and not isinstance(value, bool):
+        return value
+    return text
+
+
+def parse_pairs(pairs: Iterable[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings to a dict."""
+    parameters: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"-p {pair!r} is not KEY=VALUE")
+        parameters[key.strip()] = parse_value(text)
+    return parameters
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """A JSON object of parameters from a file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ParameterError(f"parameter file {path} does not exist") from None
+    except ValueError as exc:
+        raise ParameterError(f"parameter file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParameterError(f"parameter file {path} must hold a JSON object")
+    return data
+
+
+def describe(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the field: 'resources.maxcores: ...'."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+        lines.append(f"{prefix}{where}: {err['msg']}{got}")
+    return "; ".join(lines)
+
+
+def check_names(fn: Callable[..., Any], parameters: dict[str, Any], workflow: str) -> None:
+    """Refuse parameters the workflow does not take, listing the ones it does."""
+    accepted = list(inspect.signature(fn).parameters)
+    unknown = sorted(set(parameters) - set(accepted))
+    if unknown:
+        raise ParameterError(
+            f"{workflow} has no parameter {', '.join(unknown)}; it takes: {', '.join(accepted)}"
+        )

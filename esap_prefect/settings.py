@@ -1,0 +1,52 @@
+"""Where esap-prefect keeps its state ($ESAP_PREFECT_HOME) and how Prefect is pointed at it.
+
+Nothing here imports Prefect, so it can run before Prefect reads its settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DEFAULT_HOME = Path("~/.esap-prefect")
+
+
+def home() -> Path:
+    """$ESAP_PREFECT_HOME, default ~/.esap-prefect (created on first use)."""
+    path = Path(os.environ.get("ESAP_PREFECT_HOME", str(DEFAULT_HOME))).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stack_file() -> Path:
+    """Where a running `esap-prefect up` records its API URL and PID."""
+    return home() / "stack.json"
+
+
+def running_stack_api() -> str | None:
+    """The API URL of a live `esap-prefect up` on this home, if one is running."""
+    try:
+        data = json.loads(stack_file().read_text())
+        os.kill(int(data["pid"]), 0)
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+        return None
+    return str(data["api_url"])
+
+
+def configure_prefect_environment() -> None:
+    """Point Prefect at this home, and at a running stack if there is one.
+
+    Must run before Prefect is imported; variables the user set are left alone.
+    """
+    root = home()
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    os.environ.setdefault(
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{root / 'prefect.db'}"
+    )
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if "PREFECT_API_URL" not in os.environ:
+        api = running_stack_api()
+        if api:
+            os.environ["PREFECT_API_URL"] = api

@@ -1,0 +1,128 @@
+"""The steps every workflow shares: plan, submit, wait, collect outputs, archive.
+
+Workflows build a task request and job specs; this module runs them and reports back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict
+
+from blocks.archive import ArchivedFile
+from blocks.jobs import JobOutputs, JobSpec, JobStatus
+from blocks.registry import load_facility, load_store
+from blocks.states import JobState
+from esap_prefect.settings import home
+from planner.models import PlanResponse, TaskRequest
+from tasks.archive import archive_outputs
+from tasks.jobs import collect_outputs, submit_jobs, wait_for_jobs
+from tasks.plan import plan
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PAYLOADS = PROJECT_ROOT / "containers" / "payloads"
+
+
+class JobsFailed(RuntimeError):
+    """Some payload jobs did not complete; the message names them and quotes their stderr."""
+
+
+class JobReport(BaseModel):
+    """One job as the result of a run shows it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    job_id: str
+    state: JobState
+    detail: str
+    exit_code: int | None
+
+
+class PipelineResult(BaseModel):
+    """What the shared steps produced: the plan, the jobs, their outputs, the archive."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flow_run_id: str
+    facility: str
+    store: str
+    jobs: list[JobReport]
+    outputs: list[JobOutputs]
+    archived: list[ArchivedFile]
+
+
+def run_key(workflow: str) -> str:
+    """The archive key of this flow run: <workflow>/<flow run id>."""
+    return f"{workflow}/{flow_run.get_id() or 'local'}"
+
+
+def job_prefix(workflow: str) -> str:
+    """Deterministic job-name prefix for this flow run (the facilities' idempotency key)."""
+    return f"{workflow}-{(flow_run.get_id() or 'local')[:8]}"
+
+
+def _tail(path: Path | None, lines: int = 5) -> str:
+    if path is None or not path.exists():
+        return ""
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+
+def _raise_for_failures(statuses: Sequence[JobStatus], outputs: Sequence[JobOutputs]) -> None:
+    by_name = {o.ref.name: o for o in outputs}
+    problems = []
+    for status in statuses:
+        item = by_name.get(status.ref.name)
+        if status.state is not JobState.COMPLETED:
+            stderr = _tail(item.stderr) if item else ""
+            problems.append(
+                f"{status.ref.name}: {status.state.value.lower()} "
+                f"({status.detail or 'no detail'})" + (f"; stderr: {stderr}" if stderr else "")
+            )
+        elif item and item.missing:
+            problems.append(f"{status.ref.name}: completed without {', '.join(item.missing)}")
+    if problems:
+        raise JobsFailed(
+            f"{len(problems)} of {len(statuses)} job(s) failed: " + "; ".join(problems[:10])
+        )
+
+
+def execute(
+    workflow: str,
+    request: TaskRequest,
+    make_specs: Callable[[PlanResponse], Sequence[JobSpec]],
+    facility: str | None,
+    store: str | None,
+    timeout: float | None = None,
+) -> PipelineResult:
+    """Plan on the facilities, run the job specs on the best offer, archive the outputs."""
+    answer = plan(request, facility)
+    assert answer.serviceinfo is not None  # a YES always names a facility
+    chosen = load_facility(answer.serviceinfo.facility)
+    archive_to = load_store(store)
+    specs = make_specs(answer)
+    refs = submit_jobs(chosen, specs)
+    statuses = wait_for_jobs(chosen, refs, timeout=timeout)
+    workspace = home() / "runs" / run_key(workflow)
+    outputs = collect_outputs(chosen, statuses, workspace)
+    _raise_for_failures(statuses, outputs)
+    archived = archive_outputs(archive_to, run_key(workflow), outputs)
+    return PipelineResult(
+        flow_run_id=flow_run.get_id() or "",
+        facility=chosen.facility_name,
+        store=archive_to.store_name,
+        jobs=[
+            JobReport(
+                name=s.ref.name,
+                job_id=s.ref.job_id,
+                state=s.state,
+                detail=s.detail,
+                exit_code=s.exit_code,
+            )
+            for s in statuses
+        ],
+        outputs=list(outputs),
+        archived=archived,
+    )

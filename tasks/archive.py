@@ -1,0 +1,29 @@
+"""The archive task: keep a run's outputs in a store and show them as a table artifact.
+
+Archiving is idempotent, so the task can retry freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from blocks.archive import ArchivedFile, StoreBlock
+from blocks.jobs import JobOutputs
+
+
+@task(name="archive-outputs", retries=2, retry_delay_seconds=5)
+def archive_outputs(
+    store: StoreBlock, run_key: str, outputs: Sequence[JobOutputs]
+) -> list[ArchivedFile]:
+    """Archive every output file under `run_key`; record file, size, checksums, location."""
+    files = [f for item in outputs for f in item.files]
+    archived = store.archive(run_key, files)
+    create_table_artifact(
+        [a.model_dump() for a in archived],
+        key="archived-outputs",
+        description=f"{len(archived)} file(s) archived to {store.store_name}",
+    )
+    return archived
