@@ -180,14 +180,15 @@ class LocalRunner:
                     )
                     write_record(job.meta, record)
                     return record
-            job = self._running.get(job_id)
-            if job is None:
+            running = self._running.get(job_id)
+            if running is None:
                 return None
-            if job.outcome is None:
+            if running.outcome is None:
                 self._stop(
-                    job, JobRecord(JobState.CANCELLED, None, "cancelled", job.started, time.time())
+                    running,
+                    JobRecord(JobState.CANCELLED, None, "cancelled", running.started, time.time()),
                 )
-            return job.outcome
+            return running.outcome
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):

@@ -5,7 +5,7 @@ With nothing saved, the embedded defaults (a local facility and a local archive)
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
@@ -24,7 +24,7 @@ class UnknownBlockError(LookupError):
 
 
 def _saved(types: tuple[type[B], ...]) -> list[tuple[type[B], str]]:
-    found = []
+    found: list[tuple[type[B], str]] = []
     with get_client(sync_client=True) as client:
         for cls in types:
             try:
@@ -35,8 +35,13 @@ def _saved(types: tuple[type[B], ...]) -> list[tuple[type[B], str]]:
     return found
 
 
+def _load(cls: type[B], name: str) -> B:
+    # Block.load is sync/async dual-dispatch; called from sync code it returns the block.
+    return cast(B, cls.load(name))
+
+
 def _all(types: tuple[type[B], ...], default: B) -> list[B]:
-    blocks = [cls.load(name) for cls, name in _saved(types)]
+    blocks = [_load(cls, name) for cls, name in _saved(types)]
     names = {getattr(b, "_block_document_name", None) for b in blocks}
     if DEFAULT_NAME not in names:
         blocks.insert(0, default)
@@ -52,7 +57,7 @@ def _one(types: tuple[type[B], ...], name: str, default: B, what: str) -> B:
     ]
     if len(saved) == 1:
         cls, found = saved[0]
-        return cls.load(found)
+        return _load(cls, found)
     if len(saved) > 1:
         kinds = ", ".join(f"{cls.get_block_type_slug()}/{n}" for cls, n in saved)
         raise UnknownBlockError(f"{what} name {name!r} is ambiguous: use one of {kinds}")

@@ -51,6 +51,7 @@ class EmbeddedStack:
             "PREFECT_API_URL": self.api_url,
             "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
             "PREFECT_UI_API_URL": self.api_url,
+            "PREFECT_LOGGING_LEVEL": os.environ.get("ESAP_PREFECT_LOG_LEVEL", "INFO"),
         }
 
     def start(self, deploy: bool = True) -> None:

@@ -12,17 +12,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from pydantic import BaseModel, ValidationError
 
 from esap_prefect.params import (
     ParameterError,
-    check_names,
     describe,
     parse_pairs,
     read_params_file,
+    validate_parameters,
 )
 from esap_prefect.settings import configure_prefect_environment, home
 
@@ -63,8 +63,6 @@ def main(
 def _collect_parameters(
     workflow: str, pairs: list[str], params_file: Path | None, facility: str | None
 ) -> tuple[Any, dict[str, Any]]:
-    from prefect.exceptions import ParameterTypeError
-
     from flows.registry import UnknownWorkflowError, get_workflow
 
     try:
@@ -73,14 +71,9 @@ def _collect_parameters(
         parameters.update(parse_pairs(pairs))
         if facility:
             parameters["facility"] = facility
-        check_names(flow.fn, parameters, workflow)
-        flow.validate_parameters(parameters)
+        validate_parameters(flow.fn, parameters, workflow)
     except (UnknownWorkflowError, ParameterError) as exc:
         raise UserError(str(exc)) from None
-    except ParameterTypeError as exc:
-        cause = exc.__cause__
-        detail = describe(cause) if isinstance(cause, ValidationError) else str(exc)
-        raise UserError(f"invalid parameter for {workflow}: {detail}") from None
     return flow, parameters
 
 
@@ -194,6 +187,7 @@ def _stack(host: str, port: int) -> Iterator[Any]:
 @app.command()
 def demo(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
     """Start the embedded stack, run Hello World through its deployment, stop everything."""
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     from flows.registry import get_workflow
@@ -201,7 +195,7 @@ def demo(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
     wf = get_workflow("hello-world")
     with _stack(host, port) as stack:
         typer.echo(f"Prefect server up at {stack.ui_url}; running {wf.deployment} ...", err=True)
-        flow_run = run_deployment(wf.deployment, timeout=600, poll_interval=1)
+        flow_run = cast(FlowRun, run_deployment(wf.deployment, timeout=600, poll_interval=1))
         link = f"{stack.ui_url}/runs/flow-run/{flow_run.id}"
         state = flow_run.state
         if state is None or not state.is_completed():

@@ -9,9 +9,9 @@ import inspect
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import ValidationError
+from pydantic import ValidationError, create_model
 
 
 class ParameterError(ValueError):
@@ -63,11 +63,29 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
-def check_names(fn: Callable[..., Any], parameters: dict[str, Any], workflow: str) -> None:
-    """Refuse parameters the workflow does not take, listing the ones it does."""
-    accepted = list(inspect.signature(fn).parameters)
+def validate_parameters(
+    fn: Callable[..., Any], parameters: dict[str, Any], workflow: str
+) -> dict[str, Any]:
+    """Check parameters against the workflow function's signature; the coerced values.
+
+    Raises:
+        ParameterError: naming each unknown, missing or mistyped parameter and its value.
+    """
+    signature = inspect.signature(fn)
+    accepted = list(signature.parameters)
     unknown = sorted(set(parameters) - set(accepted))
     if unknown:
         raise ParameterError(
             f"{workflow} has no parameter {', '.join(unknown)}; it takes: {', '.join(accepted)}"
         )
+    hints = get_type_hints(fn)
+    fields: dict[str, Any] = {
+        name: (hints.get(name, Any), ... if p.default is p.empty else p.default)
+        for name, p in signature.parameters.items()
+    }
+    model = create_model(f"{workflow}-parameters", **fields)
+    try:
+        checked = model.model_validate(parameters)
+    except ValidationError as exc:
+        raise ParameterError(f"invalid parameter for {workflow}: {describe(exc)}") from None
+    return {name: getattr(checked, name) for name in parameters}

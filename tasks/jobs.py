@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
+from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -52,8 +54,13 @@ def wait_for_jobs(
     logger = get_run_logger()
     latest: dict[JobRef, JobStatus] = {}
     total = len(refs)
-    progress = create_progress_artifact(
-        progress=0.0, key="jobs-progress", description=f"{total} job(s) on {facility.facility_name}"
+    progress = cast(
+        UUID,
+        create_progress_artifact(
+            progress=0.0,
+            key="jobs-progress",
+            description=f"{total} job(s) on {facility.facility_name}",
+        ),
     )
     interval, deadline, cycles = min_interval, None, 0
     if timeout is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -35,9 +36,18 @@ def facility(tmp_path: Path) -> LocalFacility:
 
 
 def py(name: str, code: str, **fields: object) -> JobSpec:
-    return JobSpec(
-        name=name, executable=sys.executable, arguments=["-c", textwrap.dedent(code)], **fields
-    )  # type: ignore[arg-type]
+    body = {
+        "name": name,
+        "executable": sys.executable,
+        "arguments": ["-c", textwrap.dedent(code)],
+        **fields,
+    }
+    return JobSpec.model_validate(body)
+
+
+def jobs(facility: LocalFacility) -> Path:
+    assert facility.workdir is not None
+    return facility.workdir
 
 
 def test_job_runs_with_inputs_and_returns_outputs_and_logs(
@@ -111,7 +121,7 @@ def _gone(pid: int, timeout: float = 10) -> bool:
 
 def test_wall_time_kills_the_whole_process_group(facility: LocalFacility) -> None:
     refs = facility.submit([py("slow", SPAWNS_GRANDCHILD, walltime=2)])
-    grandchild = _grandchild_pid(facility.workdir / "slow")  # type: ignore[operator]
+    grandchild = _grandchild_pid(jobs(facility) / "slow")
     started = time.monotonic()
     [status] = wait_final(facility, refs)
     assert status.state is JobState.FAILED
@@ -122,7 +132,7 @@ def test_wall_time_kills_the_whole_process_group(facility: LocalFacility) -> Non
 
 def test_cancel_kills_the_whole_process_group(facility: LocalFacility) -> None:
     refs = facility.submit([py("victim", SPAWNS_GRANDCHILD)])
-    grandchild = _grandchild_pid(facility.workdir / "victim")  # type: ignore[operator]
+    grandchild = _grandchild_pid(jobs(facility) / "victim")
     [status] = facility.cancel(refs)
     assert status.state is JobState.CANCELLED
     assert _gone(grandchild)
@@ -143,7 +153,7 @@ def test_term_ignoring_job_is_killed_after_the_grace(facility: LocalFacility) ->
             )
         ]
     )
-    ready = facility.workdir / "stubborn" / "ready"  # type: ignore[operator]
+    ready = jobs(facility) / "stubborn" / "ready"
     while not ready.exists():
         time.sleep(0.05)
     pid = json.loads((ready.parent / ".esap" / "pid").read_text())["pid"]
@@ -163,12 +173,12 @@ def test_queued_jobs_respect_the_core_slots(tmp_path: Path) -> None:
     assert [s.state for s in wait_final(facility, refs)] == [JobState.COMPLETED] * 3
     spans = sorted(
         (
-            float((facility.workdir / r.name / "start").read_text()),  # type: ignore[operator]
-            float((facility.workdir / r.name / "end").read_text()),
-        )  # type: ignore[operator]
+            float((jobs(facility) / r.name / "start").read_text()),
+            float((jobs(facility) / r.name / "end").read_text()),
+        )
         for r in refs
     )
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, "two jobs ran at once on one core"
 
 
@@ -188,8 +198,8 @@ def test_resubmitting_a_name_does_not_run_it_twice(facility: LocalFacility) -> N
     wait_final(facility, first)
     assert facility.submit([spec]) == first
     wait_final(facility, first)
-    assert (facility.workdir / "once" / "count").read_text() == "x"  # type: ignore[operator]
-    with pytest.raises(ValueError, match="already submitted .* with a different spec"):
+    assert (jobs(facility) / "once" / "count").read_text() == "x"
+    with pytest.raises(ValueError, match=r"already submitted .* with a different spec"):
         facility.submit([py("once", "print('something else')")])
 
 
@@ -237,7 +247,7 @@ def test_jobs_get_a_minimal_environment(
     )
     refs = facility.submit([spec])
     wait_final(facility, refs)
-    env = (facility.workdir / "env" / "env.json").read_text()  # type: ignore[operator]
+    env = (jobs(facility) / "env" / "env.json").read_text()
     assert "must-not-leak" not in env
     assert '"MY_SETTING": "on"' in env and '"ESAP_JOB_NAME": "env"' in env
 
@@ -247,7 +257,7 @@ def test_requests_beyond_the_facility_are_refused(facility: LocalFacility) -> No
         facility.submit([py("big", "pass", cores=64)])
     with pytest.raises(ValueError, match="wall time"):
         facility.submit([py("long", "pass", walltime="30d")])
-    assert not (facility.workdir / "big").exists()  # type: ignore[operator]
+    assert not (jobs(facility) / "big").exists()
 
 
 @pytest.mark.parametrize(

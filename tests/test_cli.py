@@ -1,0 +1,173 @@
+"""The `esap-prefect` command as a user runs it: results, listings and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = str(Path(sys.executable).parent / "esap-prefect")
+
+
+def cli(
+    *args: str, api: str | None = None, timeout: float = 180, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    if api:
+        env["PREFECT_API_URL"] = api
+    if home:
+        env["ESAP_PREFECT_HOME"] = str(home)
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+def assert_clean_error(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in done.stderr, done.stderr
+
+
+def test_run_prints_the_result_as_json(prefect_api: str) -> None:
+    done = cli(
+        "run", "hello-world", "-p", "Parameter1=999", "-p", "Parameter5=two words", api=prefect_api
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["output"]["Parameter1"] == 999
+    assert result["output"]["Parameter5"] == "two words"
+    assert result["output"]["type"] == "batch.submit"
+    assert result["job"]["state"] == "COMPLETED"
+
+
+def test_run_takes_a_params_file_and_a_facility(prefect_api: str, tmp_path: Path) -> None:
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"Parameter4": "from-file", "Parameter2": 7}))
+    done = cli(
+        "run",
+        "hello-world",
+        "--params-file",
+        str(params),
+        "-p",
+        "Parameter2=8",
+        "--facility",
+        "local",
+        api=prefect_api,
+    )
+    assert done.returncode == 0, done.stderr
+    output = json.loads(done.stdout)["output"]
+    assert (output["Parameter4"], output["Parameter2"]) == ("from-file", 8)
+
+
+def test_wrong_type_names_the_parameter(prefect_api: str) -> None:
+    done = cli("run", "hello-world", "-p", "Parameter1=abc", api=prefect_api)
+    assert_clean_error(
+        done, "invalid parameter for hello-world", "Parameter1", "valid integer", "'abc'"
+    )
+
+
+def test_unknown_workflow_lists_the_known_ones() -> None:
+    assert_clean_error(
+        cli("run", "hello-universe"),
+        "unknown workflow 'hello-universe'",
+        "known workflows: hello-world",
+    )
+
+
+def test_json_of_the_wrong_shape_is_refused() -> None:
+    assert_clean_error(
+        cli("run", "hello-world", "-p", "Parameter5=[1, 2]"),
+        "Parameter5: Input should be a valid string (got [1, 2])",
+    )
+
+
+def test_unknown_parameter_lists_the_accepted_ones() -> None:
+    assert_clean_error(
+        cli("run", "hello-world", "-p", "Parameter9=1"),
+        "hello-world has no parameter Parameter9",
+        "it takes: Parameter1",
+    )
+
+
+def test_unknown_facility_is_a_clean_error(prefect_api: str) -> None:
+    done = cli("run", "hello-world", "--facility", "mars", api=prefect_api)
+    assert done.returncode == 1
+    assert "no facility named 'mars'" in done.stderr
+
+
+def test_plan_answers_the_seed_request(prefect_api: str, tmp_path: Path) -> None:
+    request = tmp_path / "request.json"
+    request.write_text(
+        json.dumps(
+            {
+                "tasktype": "uri://executable",
+                "taskinfo": {"executable": "python3"},
+                "resources": {"mincores": 1, "maxduration": "10m"},
+            }
+        )
+    )
+    done = cli("plan", str(request), api=prefect_api)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["reponseword"] == "YES"
+    assert answer["serviceinfo"]["facility"] == "local"
+    assert answer["resources"]["maxduration"] == "10m"
+    request.write_text(
+        json.dumps(
+            {
+                "tasktype": "uri://kubernetes-helm",
+                "taskinfo": {"chart": "c"},
+                "resources": {"mincores": 220},
+            }
+        )
+    )
+    answer = json.loads(cli("plan", str(request), api=prefect_api).stdout)
+    assert answer["reponseword"] == "NO"
+    assert "does not run uri://kubernetes-helm" in answer["reasons"]["local"]
+
+
+def test_malformed_planner_request_names_the_field(tmp_path: Path) -> None:
+    request = tmp_path / "bad.json"
+    request.write_text(
+        json.dumps(
+            {
+                "tasktype": "uri://docker-container",
+                "taskinfo": {"image": "x"},
+                "resources": {"mincores": "eight"},
+            }
+        )
+    )
+    assert_clean_error(
+        cli("plan", str(request)), "invalid planner request", "resources.mincores", "(got 'eight')"
+    )
+    request.write_text(json.dumps({"tasktype": "uri://docker-container", "taskinfo": {}}))
+    assert_clean_error(
+        cli("plan", str(request)),
+        "taskinfo does not fit uri://docker-container",
+        "taskinfo.image: Field required",
+    )
+    request.write_text("{not json")
+    assert_clean_error(cli("plan", str(request)), "is not valid JSON")
+
+
+def test_workflows_and_facilities_are_listed(prefect_api: str) -> None:
+    done = cli("workflows", api=prefect_api)
+    assert done.returncode == 0
+    assert "hello-world  (deployment hello-world/local)" in done.stdout
+    assert "Parameter3: integer = 33" in done.stdout
+    done = cli("facilities", api=prefect_api)
+    assert done.returncode == 0
+    assert "local  (local)  runs uri://executable" in done.stdout
+
+
+def test_a_port_in_use_is_a_clean_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = cli("demo", "--port", str(port), home=tmp_path, timeout=60)
+    assert_clean_error(done, f"port {port} on 127.0.0.1 is already in use")

@@ -1,0 +1,112 @@
+"""The embedded stack end to end: `demo` and `up` start a real server and worker, leave nothing.
+
+These start whole Prefect servers (about 10 s each) and run hello world through its deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from deployments.processes import free_port
+
+CLI = str(Path(sys.executable).parent / "esap-prefect")
+pytestmark = pytest.mark.slow
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["ESAP_PREFECT_HOME"] = str(home)
+    return env
+
+
+def _leftovers(home: Path, port: int) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.info["environ"] or {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if f"--port {port}" in cmd or env.get("ESAP_PREFECT_HOME") == str(home):
+            found.append(f"{proc.pid}: {cmd}")
+    return found
+
+
+def test_demo_runs_hello_world_through_a_deployment_and_stops_everything(tmp_path: Path) -> None:
+    port = free_port()
+    done = subprocess.run(
+        [CLI, "demo", "--port", str(port)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["output"]["type"] == "batch.submit" and result["output"]["Parameter3"] == 33
+    link = f"http://127.0.0.1:{port}/runs/flow-run/{result['flow_run_id']}"
+    assert f"Prefect UI: {link}" in done.stderr
+    assert Path(result["archived"][0]["location"].removeprefix("file://")).is_relative_to(tmp_path)
+    worker_log = (tmp_path / "logs" / "worker.log").read_text()
+    assert result["flow_run_id"] in worker_log, "the run must have gone through the worker"
+    assert _leftovers(tmp_path, port) == []
+    assert not (tmp_path / "stack.json").exists()
+
+
+def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    up = subprocess.Popen(
+        [CLI, "up", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "stack.json").exists():
+            assert up.poll() is None, up.communicate()
+            assert time.monotonic() < deadline, "up did not come up"
+            time.sleep(0.5)
+        api = json.loads((tmp_path / "stack.json").read_text())["api_url"]
+        assert api == f"http://127.0.0.1:{port}/api"
+        run = subprocess.run(
+            [CLI, "run", "hello-world", "-p", "Parameter6=via-up"],
+            capture_output=True,
+            text=True,
+            env=_env(tmp_path),
+            timeout=300,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        flow_run_id = json.loads(run.stdout)["flow_run_id"]
+        import urllib.request
+
+        with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}") as answer:
+            assert json.load(answer)["state_type"] == "COMPLETED"
+        deployed = subprocess.run(
+            [str(Path(sys.executable).parent / "prefect"), "deployment", "ls"],
+            capture_output=True,
+            text=True,
+            env={**_env(tmp_path), "PREFECT_API_URL": api},
+            timeout=120,
+            check=False,
+        )
+        assert "hello-world/local" in deployed.stdout
+    finally:
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=120)
+    assert up.returncode == 0
+    assert f"Prefect UI:  http://127.0.0.1:{port}" in out
+    assert _leftovers(tmp_path, port) == []
+    assert not (tmp_path / "stack.json").exists()
