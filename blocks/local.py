@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from blocks.local_runner import (
     META,
     JobRecord,
     LocalRunner,
+    exit_record,
+    read_exit_code,
     read_record,
     runner_for,
     write_record,
@@ -105,6 +106,16 @@ class LocalFacility(FacilityBlock):
         env["ESAP_JOB_DIR"] = str(directory)
         return env
 
+    def _enqueue(self, spec: JobSpec, directory: Path) -> None:
+        self._runner().enqueue(
+            spec.name,
+            directory,
+            [spec.executable, *spec.arguments],
+            self._job_env(spec, directory),
+            spec.cores,
+            float(spec.walltime),
+        )
+
     def _check(self, spec: JobSpec) -> None:
         if spec.cores > self.max_cores:
             raise ValueError(
@@ -124,7 +135,6 @@ class LocalFacility(FacilityBlock):
         for spec in specs:
             self._check(spec)
         root = self._root()
-        runner = self._runner()
         refs = []
         for spec in specs:
             directory = root / spec.name
@@ -153,14 +163,7 @@ class LocalFacility(FacilityBlock):
                 if item.executable:
                     target.chmod(0o755)
             (meta / "spec.json").write_text(wanted)
-            runner.enqueue(
-                spec.name,
-                directory,
-                [spec.executable, *spec.arguments],
-                self._job_env(spec, directory),
-                spec.cores,
-                float(spec.walltime),
-            )
+            self._enqueue(spec, directory)
             refs.append(JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name))
         return refs
 
@@ -184,46 +187,26 @@ class LocalFacility(FacilityBlock):
         )
 
     def _take_over(self, ref: JobRef, directory: Path) -> JobRecord | None:
-        """Handle a job this process does not hold: started by a process that is gone."""
+        """Handle a job no runner here holds: its submitting process is gone.
+
+        Never launched: queue it now. Still running: watch it. Ended: record how.
+        """
         meta = directory / META
         if not (meta / "spec.json").exists():
             raise KeyError(f"facility {self.facility_name} has no job {ref.job_id}")
-        runner = self._runner()
+        spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
         try:
             launched = json.loads((meta / "pid").read_text())
         except FileNotFoundError:
-            spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
-            runner.enqueue(
-                spec.name,
-                directory,
-                [spec.executable, *spec.arguments],
-                self._job_env(spec, directory),
-                spec.cores,
-                float(spec.walltime),
-            )
+            self._enqueue(spec, directory)
             return None
-        spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
-        if runner.adopt(
+        if self._runner().adopt(
             ref.job_id, directory, launched["pid"], launched["started"], float(spec.walltime)
         ):
             return None
         record = read_record(meta)
         if record is None:
-            try:
-                code: int | None = int((meta / "exit_code").read_text())
-            except (FileNotFoundError, ValueError):
-                code = None
-            state = JobState.COMPLETED if code == 0 else JobState.FAILED
-            reason = (
-                ""
-                if code == 0
-                else (
-                    f"exit code {code}"
-                    if code is not None
-                    else "lost: the job ended while no supervisor was watching it"
-                )
-            )
-            record = JobRecord(state, code, reason, launched["started"], time.time())
+            record = exit_record(read_exit_code(meta), launched["started"])
             write_record(meta, record)
         return record
 

@@ -93,7 +93,16 @@ def read_record(meta: Path) -> JobRecord | None:
     )
 
 
-def _exit_record(exit_code: int | None, started: float | None) -> JobRecord:
+def read_exit_code(meta: Path) -> int | None:
+    """The exit code the job's wrapper recorded, or None if it recorded none."""
+    try:
+        return int((meta / "exit_code").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def exit_record(exit_code: int | None, started: float | None) -> JobRecord:
+    """The final outcome of a job that ended by itself with `exit_code`."""
     if exit_code == 0:
         return JobRecord(JobState.COMPLETED, 0, "", started, time.time())
     if exit_code is None:
@@ -259,11 +268,8 @@ class LocalRunner:
             if exit_code is not None and exit_code < 0:
                 exit_code = 128 - exit_code
         else:
-            try:
-                exit_code = int((job.meta / "exit_code").read_text())
-            except (FileNotFoundError, ValueError):
-                exit_code = None
-        write_record(job.meta, _exit_record(exit_code, job.started))
+            exit_code = read_exit_code(job.meta)
+        write_record(job.meta, exit_record(exit_code, job.started))
 
     def _enforce_limits(self) -> float | None:
         """Stop jobs past their wall time, kill those past their grace; seconds to next check."""

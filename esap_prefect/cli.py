@@ -21,6 +21,7 @@ from esap_prefect.params import (
     ParameterError,
     describe,
     parse_pairs,
+    read_json_object,
     read_params_file,
     validate_parameters,
 )
@@ -145,13 +146,9 @@ def plan(
 
     with _user_errors():
         try:
-            body = json.loads(request.read_text())
-        except FileNotFoundError:
-            raise UserError(f"planner request {request} does not exist") from None
-        except ValueError as exc:
-            raise UserError(f"planner request {request} is not valid JSON: {exc}") from None
-        try:
-            task_request = TaskRequest.model_validate(body)
+            task_request = TaskRequest.model_validate(read_json_object(request, "planner request"))
+        except ParameterError as exc:
+            raise UserError(str(exc)) from None
         except ValidationError as exc:
             raise UserError(f"invalid planner request: {describe(exc)}") from None
         from blocks.registry import UnknownBlockError, list_facilities, load_facility

@@ -40,17 +40,22 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, Any]:
     return parameters
 
 
-def read_params_file(path: Path) -> dict[str, Any]:
-    """A JSON object of parameters from a file."""
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a file; `what` names the file in errors ("parameter file")."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ParameterError(f"parameter file {path} does not exist") from None
+        raise ParameterError(f"{what} {path} does not exist") from None
     except ValueError as exc:
-        raise ParameterError(f"parameter file {path} is not valid JSON: {exc}") from None
+        raise ParameterError(f"{what} {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ParameterError(f"parameter file {path} must hold a JSON object")
+        raise ParameterError(f"{what} {path} must hold a JSON object")
     return data
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """A JSON object of parameters from a file."""
+    return read_json_object(path, "parameter file")
 
 
 def describe(exc: ValidationError, prefix: str = "") -> str:

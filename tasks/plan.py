@@ -5,10 +5,13 @@ Its answer is recorded as a markdown artifact; a NO stops the flow with the reas
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from typing import Any
 
-from blocks.registry import list_facilities, load_facility
+from prefect import Task, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State, TaskRun
+
+from blocks.registry import UnknownBlockError, list_facilities, load_facility
 from planner.matching import match
 from planner.models import PlanResponse, TaskRequest
 
@@ -38,7 +41,18 @@ def _markdown(request: TaskRequest, answer: PlanResponse) -> str:
     return "\n".join(lines)
 
 
-@task(name="plan", retries=1, retry_delay_seconds=2)
+def _transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry API hiccups, not answers: a NO or an unknown facility name will not change."""
+    try:
+        state.result()
+    except (PlanningError, UnknownBlockError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="plan", retries=1, retry_delay_seconds=2, retry_condition_fn=_transient)
 def plan(request: TaskRequest, facility: str | None = None) -> PlanResponse:
     """Match `request` against the facilities; raise PlanningError when none can run it."""
     candidates = [load_facility(facility)] if facility else list_facilities()

@@ -11,7 +11,12 @@ from uuid import UUID
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
 from blocks import JobRef, JobSpec, JobStatus, LocalFacility
 from blocks.checksums import digest
@@ -67,10 +72,20 @@ def test_hello_world_rejects_a_wrong_type_before_running() -> None:
         hello_world(Parameter1="not a number")  # type: ignore[call-overload]
 
 
-def test_planner_refusal_fails_the_flow_with_the_reason() -> None:
+def test_planner_refusal_fails_the_flow_with_the_reason_and_no_retry() -> None:
     LocalFacility(max_duration=30).save("short-only", overwrite=True)
+    state = hello_world(facility="short-only", return_state=True)
+    assert state.is_failed()
     with pytest.raises(PlanningError, match="short-only: needs at least 1m, offers at most 30s"):
-        hello_world(facility="short-only")
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    [plan_run] = [r for r in runs if r.task_key.startswith("plan")]
+    assert plan_run.run_count == 1, "a planner NO must not be retried"
 
 
 def test_unknown_facility_is_named() -> None:
