@@ -7,20 +7,31 @@ Importing this package registers the block types with Prefect (it is the project
 from __future__ import annotations
 
 from blocks.archive import ArchivedFile, LocalArchive, StoreBlock
+from blocks.dirac.facility import DiracFacility
 from blocks.facility import FacilityBlock
-from blocks.jobs import InputFile, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from blocks.jobs import (
+    InputFile,
+    JobArray,
+    JobOutputs,
+    JobRef,
+    JobSpec,
+    JobStatus,
+    OutputFile,
+)
 from blocks.local import LocalFacility
 from blocks.states import JobState
 
-FACILITY_TYPES: tuple[type[FacilityBlock], ...] = (LocalFacility,)
+FACILITY_TYPES: tuple[type[FacilityBlock], ...] = (LocalFacility, DiracFacility)
 STORE_TYPES: tuple[type[StoreBlock], ...] = (LocalArchive,)
 
 __all__ = [
     "FACILITY_TYPES",
     "STORE_TYPES",
     "ArchivedFile",
+    "DiracFacility",
     "FacilityBlock",
     "InputFile",
+    "JobArray",
     "JobOutputs",
     "JobRef",
     "JobSpec",

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from prefect.blocks.core import Block
 
-from blocks.jobs import JobOutputs, JobRef, JobSpec, JobStatus
+from blocks.errors import FatalError
+from blocks.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
 from planner.models import Capabilities
 
 
@@ -32,6 +33,14 @@ class FacilityBlock(Block, ABC):
     @abstractmethod
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
         """Submit a batch of jobs; a job whose name was submitted before is not submitted again."""
+
+    def submit_array(self, array: JobArray) -> list[JobRef]:
+        """Submit a job array; facilities without native arrays submit its expansion."""
+        return self.submit(array.expand())
+
+    def reschedule(self, refs: Sequence[JobRef]) -> list[JobStatus]:
+        """Run failed jobs again under the same refs, where the backend can."""
+        raise FatalError(f"facility {self.facility_name} cannot reschedule jobs")
 
     @abstractmethod
     def poll(self, refs: Sequence[JobRef]) -> list[JobStatus]:

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from blocks.states import JobState
 from planner.units import Duration, Memory
 
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_JOB_NAME = re.compile(r"^[A-Za-z0-9%][A-Za-z0-9._%-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -79,9 +79,50 @@ class JobSpec(_Model):
     outputs: list[RelativePath] = Field(
         default_factory=list, description="Glob patterns, relative to the working directory."
     )
+    output_data: list[RelativePath] = Field(
+        default_factory=list,
+        description="Files kept on the facility's storage instead of returned (DIRAC OutputData).",
+    )
+    group: JobName | None = Field(
+        default=None, description="The batch the job belongs to, e.g. one flow run."
+    )
     cores: int = Field(default=1, ge=1)
     memory: Memory | None = None
     walltime: Duration = 3600
+
+
+class JobArray(_Model):
+    """Many jobs from one template, one per value (DIRAC's parametric jobs).
+
+    `%s` in the template's name, arguments and env values is replaced by each value in
+    turn; facilities without native arrays submit the expansion.
+    """
+
+    template: JobSpec
+    values: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _template_is_parametric(self) -> Self:
+        if "%s" not in self.template.name:
+            raise ValueError("a job array's template name must contain %s")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError("a job array's values must be distinct (they name the jobs)")
+        return self
+
+    def expand(self) -> list[JobSpec]:
+        """One job spec per value."""
+        data = self.template.model_dump()
+        return [JobSpec.model_validate(_substitute(data, value)) for value in self.values]
+
+
+def _substitute(data: object, value: str) -> object:
+    if isinstance(data, str):
+        return data.replace("%s", value)
+    if isinstance(data, list):
+        return [_substitute(item, value) for item in data]
+    if isinstance(data, dict):
+        return {key: _substitute(item, value) for key, item in data.items()}
+    return data
 
 
 class JobRef(_Model):
@@ -99,6 +140,7 @@ class JobStatus(_Model):
     state: JobState
     detail: str = Field(default="", description="Facility status text, e.g. minor status.")
     exit_code: int | None = None
+    reschedules: int = Field(default=0, description="Times this run rescheduled the job.")
 
 
 class OutputFile(_Model):
@@ -116,3 +158,6 @@ class JobOutputs(_Model):
     stdout: Path | None = None
     stderr: Path | None = None
     missing: list[str] = Field(default_factory=list)
+    lfns: list[str] = Field(
+        default_factory=list, description="Output data left on the facility's storage."
+    )

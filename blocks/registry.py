@@ -11,16 +11,13 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from blocks.archive import LocalArchive, StoreBlock
+from blocks.errors import UnknownBlockError
 from blocks.facility import FacilityBlock
 from blocks.local import LocalFacility
 
 B = TypeVar("B", FacilityBlock, StoreBlock)
 
 DEFAULT_NAME = "local"
-
-
-class UnknownBlockError(LookupError):
-    """No saved facility or store has the name asked for."""
 
 
 def _saved(types: tuple[type[B], ...]) -> list[tuple[type[B], str]]:

@@ -151,7 +151,8 @@ def plan(
             raise UserError(str(exc)) from None
         except ValidationError as exc:
             raise UserError(f"invalid planner request: {describe(exc)}") from None
-        from blocks.registry import UnknownBlockError, list_facilities, load_facility
+        from blocks.errors import UnknownBlockError
+        from blocks.registry import list_facilities, load_facility
         from planner.matching import match
 
         try:

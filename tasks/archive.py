@@ -12,9 +12,10 @@ from prefect.artifacts import create_table_artifact
 
 from blocks.archive import ArchivedFile, StoreBlock
 from blocks.jobs import JobOutputs
+from tasks.retry import unless_fatal
 
 
-@task(name="archive-outputs", retries=2, retry_delay_seconds=5)
+@task(name="archive-outputs", retries=2, retry_delay_seconds=5, retry_condition_fn=unless_fatal)
 def archive_outputs(
     store: StoreBlock, run_key: str, outputs: Sequence[JobOutputs]
 ) -> list[ArchivedFile]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import cast
 from uuid import UUID
@@ -16,23 +16,26 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
+from blocks.errors import FatalError, TransientError
 from blocks.facility import FacilityBlock
-from blocks.jobs import JobOutputs, JobRef, JobSpec, JobStatus
+from blocks.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
+from blocks.states import JobState
+from tasks.retry import unless_fatal
 
 
 class JobsTimedOut(TimeoutError):
     """Jobs were still unfinished when the wait ran out; they have been cancelled."""
 
 
-@task(name="submit-jobs", retries=2, retry_delay_seconds=[2, 10])
-def submit_jobs(facility: FacilityBlock, specs: Sequence[JobSpec]) -> list[JobRef]:
-    """Submit a batch; a retry finds the jobs already submitted instead of doubling them."""
-    refs = facility.submit(specs)
+@task(name="submit-jobs", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=unless_fatal)
+def submit_jobs(facility: FacilityBlock, specs: Sequence[JobSpec] | JobArray) -> list[JobRef]:
+    """Submit a batch or a job array; a retry finds jobs already submitted, never doubles them."""
+    refs = facility.submit_array(specs) if isinstance(specs, JobArray) else facility.submit(specs)
     get_run_logger().info("submitted %d job(s) to %s", len(refs), facility.facility_name)
     return refs
 
 
-def _summary(statuses: Sequence[JobStatus]) -> str:
+def _summary(statuses: Iterable[JobStatus]) -> str:
     counts = Counter(s.state.value for s in statuses)
     return ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
 
@@ -44,15 +47,19 @@ def wait_for_jobs(
     min_interval: float = 0.1,
     max_interval: float = 30.0,
     timeout: float | None = None,
+    max_reschedules: int = 0,
+    outage_timeout: float = 600.0,
 ) -> list[JobStatus]:
     """Poll until every job is final: one facility call per cycle for all unfinished jobs.
 
     The interval grows by half each quiet cycle up to `max_interval` and halves when
-    something changed. Past `timeout` seconds the unfinished jobs are cancelled and
-    JobsTimedOut is raised.
+    something changed. A failed job is rescheduled up to `max_reschedules` times. While
+    the facility cannot be reached polling goes on, for up to `outage_timeout` seconds.
+    Past `timeout` seconds the unfinished jobs are cancelled and JobsTimedOut is raised.
     """
     logger = get_run_logger()
     latest: dict[JobRef, JobStatus] = {}
+    reschedules: Counter[JobRef] = Counter()
     total = len(refs)
     progress = cast(
         UUID,
@@ -62,20 +69,46 @@ def wait_for_jobs(
             description=f"{total} job(s) on {facility.facility_name}",
         ),
     )
-    interval, deadline, cycles = min_interval, None, 0
-    if timeout is not None:
-        deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    interval, cycles, outage_since = min_interval, 0, None
     pending = list(refs)
     while pending:
-        statuses = facility.poll(pending)
-        cycles += 1
+        try:
+            statuses = facility.poll(pending)
+        except TransientError as exc:
+            outage_since = outage_since or time.monotonic()
+            if time.monotonic() - outage_since > outage_timeout:
+                raise
+            logger.warning("%s; polling again in %.1fs", exc, interval)
+            statuses = []
+        else:
+            outage_since = None
+            cycles += 1
+            retry = [
+                s.ref
+                for s in statuses
+                if s.state is JobState.FAILED and reschedules[s.ref] < max_reschedules
+            ]
+            if retry:
+                logger.warning(
+                    "rescheduling %d failed job(s): %s",
+                    len(retry),
+                    ", ".join(r.name for r in retry[:10]),
+                )
+                reschedules.update(retry)
+                try:
+                    again = {s.ref: s for s in facility.reschedule(retry)}
+                except FatalError as exc:
+                    logger.warning("%s; those jobs stay failed", exc)
+                    again = {}
+                statuses = [again.get(s.ref, s) for s in statuses]
+        statuses = [s.model_copy(update={"reschedules": reschedules[s.ref]}) for s in statuses]
         changed = any(latest.get(s.ref) != s for s in statuses)
         latest.update((s.ref, s) for s in statuses)
-        pending = [s.ref for s in statuses if not s.state.is_final]
+        pending = [ref for ref in pending if not latest[ref].state.is_final] if latest else pending
         if changed:
-            done = total - len(pending)
-            update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
-            logger.info("%s", _summary(list(latest.values())))
+            update_progress_artifact(progress, progress=100.0 * (total - len(pending)) / total)
+            logger.info("%s", _summary(latest.values()))
             interval = max(min_interval, interval / 2)
         else:
             interval = min(max_interval, interval * 1.5)
@@ -90,15 +123,12 @@ def wait_for_jobs(
             )
         time.sleep(interval)
     logger.info(
-        "all %d job(s) final after %d poll cycle(s): %s",
-        total,
-        cycles,
-        _summary(list(latest.values())),
+        "all %d job(s) final after %d poll cycle(s): %s", total, cycles, _summary(latest.values())
     )
     return [latest[ref] for ref in refs]
 
 
-@task(name="collect-outputs", retries=2, retry_delay_seconds=5)
+@task(name="collect-outputs", retries=2, retry_delay_seconds=5, retry_condition_fn=unless_fatal)
 def collect_outputs(
     facility: FacilityBlock, statuses: Sequence[JobStatus], dest: Path
 ) -> list[JobOutputs]:

@@ -5,18 +5,17 @@ Its answer is recorded as a markdown artifact; a NO stops the flow with the reas
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect import Task, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.schemas.objects import State, TaskRun
 
-from blocks.registry import UnknownBlockError, list_facilities, load_facility
+from blocks.errors import FatalError
+from blocks.registry import list_facilities, load_facility
 from planner.matching import match
 from planner.models import PlanResponse, TaskRequest
+from tasks.retry import unless_fatal
 
 
-class PlanningError(RuntimeError):
+class PlanningError(FatalError, RuntimeError):
     """No facility can run the request."""
 
     def __init__(self, request: TaskRequest, answer: PlanResponse) -> None:
@@ -41,18 +40,7 @@ def _markdown(request: TaskRequest, answer: PlanResponse) -> str:
     return "\n".join(lines)
 
 
-def _transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry API hiccups, not answers: a NO or an unknown facility name will not change."""
-    try:
-        state.result()
-    except (PlanningError, UnknownBlockError):
-        return False
-    except Exception:
-        return True
-    return False
-
-
-@task(name="plan", retries=1, retry_delay_seconds=2, retry_condition_fn=_transient)
+@task(name="plan", retries=1, retry_delay_seconds=2, retry_condition_fn=unless_fatal)
 def plan(request: TaskRequest, facility: str | None = None) -> PlanResponse:
     """Match `request` against the facilities; raise PlanningError when none can run it."""
     candidates = [load_facility(facility)] if facility else list_facilities()

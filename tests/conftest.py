@@ -36,3 +36,16 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def diracx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real DiracX 0.7 server (own venv, S3 sandbox store) for the session."""
+    from tests.servers.diracx import DiracXServer
+
+    server = DiracXServer(tmp_path_factory.mktemp("diracx"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

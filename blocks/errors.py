@@ -1,0 +1,22 @@
+"""Errors facilities and stores raise, split by whether retrying can help.
+
+Tasks retry `TransientError`s and other surprises, never a `FatalError`.
+"""
+
+from __future__ import annotations
+
+
+class FatalError(Exception):
+    """Retrying cannot help: bad input, refused credentials, an answer that will not change."""
+
+
+class TransientError(Exception):
+    """The backend could not be reached or answered 5xx; the same call may work later."""
+
+
+class CredentialsError(FatalError, PermissionError):
+    """The backend refused the credentials (expired, revoked or wrong)."""
+
+
+class UnknownBlockError(FatalError, LookupError):
+    """No saved facility or store has the name asked for."""

@@ -1,0 +1,402 @@
+"""The DIRAC facility against a real DiracX 0.7 server, with the grid simulator as the grid.
+
+Nothing is mocked: calls are counted by wrapping the real client methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import tarfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from diracx.client._generated.operations._operations import JobsOperations
+from diracx.client.models import SandboxInfo
+from diracx.client.sync import SyncDiracClient
+from prefect import flow
+from pydantic import ValidationError
+
+from blocks import DiracFacility, InputFile, JobArray, JobRef, JobSpec, JobState, JobStatus
+from blocks.dirac.jdl import JDLError, JobDescription
+from blocks.errors import CredentialsError, FatalError
+from flows.pipeline import job_prefix
+from tasks.jobs import submit_jobs, wait_for_jobs
+from tests.gridsim import Fate, GridSimulator
+from tests.servers.diracx import ADMIN_GROUP, DiracXServer
+
+ECHO = (
+    "import json, sys; d = json.load(open('p.json')); d['run'] = sys.argv[1]; "
+    "open('out.json', 'w').write(json.dumps(d)); print('ran', sys.argv[1])"
+)
+
+
+@pytest.fixture(scope="module")
+def grid(
+    diracx_server: DiracXServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[DiracFacility, GridSimulator]]:
+    folder = tmp_path_factory.mktemp("dirac-creds")
+    owner = diracx_server.credentials(folder / "owner.json")
+    admin = diracx_server.credentials(folder / "admin.json", "pilot", ADMIN_GROUP)
+    facility = DiracFacility(
+        url=diracx_server.url,
+        credentials_path=owner,
+        output_path="/cta/user/e/esap",
+        output_se="SE-TEST",
+    )
+    yield facility, GridSimulator(diracx_server.url, admin, owner, diracx_server.job_db_url)
+
+
+@pytest.fixture
+def pilot(grid: tuple[DiracFacility, GridSimulator]) -> Iterator[GridSimulator]:
+    """The simulator running pilot cycles in the background while the test runs."""
+    _, sim = grid
+    stop = threading.Event()
+
+    def cycle() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # the server may be restarting
+                sim.run_once()
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=cycle, daemon=True)
+    thread.start()
+    yield sim
+    stop.set()
+    thread.join()
+    sim.fates = lambda _name: "run"
+
+
+class Calls(Counter[str]):
+    """Counts calls to real client methods, passing every call through."""
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    counted = Calls()
+    for name in ("submit_jdl_jobs", "search"):
+        original = getattr(JobsOperations, name)
+
+        def spy(
+            self: Any, *args: Any, __name: str = name, __original: Any = original, **kwargs: Any
+        ) -> Any:
+            counted[__name] += 1
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(JobsOperations, name, spy)
+    from diracx.client.patches.jobs.sync import JobsOperations as Patched
+
+    original_search = Patched.search
+
+    def patched_search(self: Any, **kwargs: Any) -> Any:
+        counted["jobs.search"] += 1
+        return original_search(self, **kwargs)
+
+    monkeypatch.setattr(Patched, "search", patched_search)
+    return counted
+
+
+def wait_final(
+    facility: DiracFacility, refs: list[JobRef], timeout: float = 120
+) -> list[JobStatus]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = facility.poll(refs)
+        if all(s.state.is_final for s in statuses):
+            return statuses
+        time.sleep(0.2)
+    raise AssertionError(f"not final: {[s.detail for s in facility.poll(refs)][:5]}")
+
+
+def echo_spec(name: str, run: str = "1", **fields: Any) -> JobSpec:
+    return JobSpec(
+        name=name,
+        group=name.rsplit("-", 1)[0],
+        executable="python3",
+        arguments=["echo.py", run],
+        inputs=[
+            InputFile(name="echo.py", content=ECHO),
+            InputFile(name="p.json", content='{"who": "esap"}'),
+        ],
+        outputs=["out.json"],
+        **fields,
+    )
+
+
+# -- JDL, no server -------------------------------------------------------------------------
+
+
+def test_jdl_carries_the_spec_and_survives_parsing(
+    grid: tuple[DiracFacility, GridSimulator],
+) -> None:
+    facility, _ = grid
+    spec = echo_spec("jdl-1", output_data=["big.dat"], cores=4, memory="2G", walltime="2h")
+    jdl = facility._jdl_for(spec, "SB:SandboxSE|/S3/x/y.tar.zst").render()
+    for line in (
+        'Executable = "python3"',
+        'Arguments = "echo.py 1"',
+        'JobName = "jdl-1"',
+        'JobGroup = "jdl"',
+        "CPUTime = 7200",
+        "NumberOfProcessors = 4",
+        "MaxRAM = 2048",
+        'OutputSE = "SE-TEST"',
+        '"LFN:/cta/user/e/esap/jdl/jdl-1/big.dat"',
+        '"SB:SandboxSE|/S3/x/y.tar.zst"',
+        '"out.json"',
+    ):
+        assert line in jdl, line
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (['x"; Site = "LCG.evil.org'], "argument 1"),
+        (["it's"], "argument 1"),
+        (["ok", "a; b"], "argument 2"),
+        (["[nested"], "argument 1"),
+        (["line\nbreak"], "argument 1"),
+    ],
+)
+def test_hostile_arguments_are_refused(arguments: list[str], problem: str) -> None:
+    with pytest.raises(JDLError, match=problem):
+        JobDescription(
+            executable="python3", arguments=arguments, job_name="x", cpu_time=60
+        ).render()
+
+
+def test_shell_metacharacters_reach_the_payload_as_plain_text() -> None:
+    jdl = JobDescription(
+        executable="echo", arguments=["$(id)", "`id`", "a && b", "*"], job_name="x", cpu_time=60
+    ).render()
+    assert "Arguments = \"'$(id)' '`id`' 'a && b' '*'\"" in jdl
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"job_name": "a b"},
+        {"site": ["LCG.a b"]},
+        {"executable": 'x"y'},
+        {"output_sandbox": ["a;b"]},
+        {"job_group": "g[1]"},
+    ],
+)
+def test_hostile_attribute_values_are_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        JobDescription.model_validate({"executable": "x", "job_name": "n", "cpu_time": 1, **fields})
+
+
+# -- a real DiracX ------------------------------------------------------------------------------
+
+
+def test_one_job_runs_and_its_outputs_come_back(
+    grid: tuple[DiracFacility, GridSimulator], pilot: GridSimulator, tmp_path: Path
+) -> None:
+    facility, _ = grid
+    refs = facility.submit([echo_spec("single-0", run="42")])
+    [status] = wait_final(facility, refs)
+    assert status.state is JobState.COMPLETED
+    assert status.detail.startswith("Done; Execution Complete")
+    [outputs] = facility.fetch(refs, tmp_path)
+    assert [f.name for f in outputs.files] == ["single-0/out.json"]
+    assert json.loads(outputs.files[0].path.read_text()) == {"who": "esap", "run": "42"}
+    assert outputs.stdout is not None and outputs.stdout.read_text() == "ran 42\n"
+
+
+def test_a_thousand_jobs_go_in_calls_of_twenty_and_are_polled_in_one(
+    grid: tuple[DiracFacility, GridSimulator], calls: Calls
+) -> None:
+    facility, _ = grid
+    specs = [JobSpec(name=f"bulk-{i:04d}", group="bulk", executable="true") for i in range(1000)]
+    refs = facility.submit(specs)
+    assert calls["submit_jdl_jobs"] == 50
+    assert len({r.job_id for r in refs}) == 1000
+    calls.clear()
+    statuses = facility.poll(refs)
+    assert calls["jobs.search"] == 1
+    assert {s.state for s in statuses} == {JobState.PENDING}
+    calls.clear()
+    assert facility.submit(specs) == refs, "resubmitting must find the jobs, not add more"
+    assert calls["submit_jdl_jobs"] == 0
+    assert {s.state for s in facility.cancel(refs)} == {JobState.CANCELLED}
+
+
+def test_parametric_jobs_expand_on_the_server(
+    grid: tuple[DiracFacility, GridSimulator], pilot: GridSimulator, calls: Calls, tmp_path: Path
+) -> None:
+    facility, _ = grid
+    template = echo_spec("param-%s", run="%s")
+    array = JobArray(
+        template=template.model_copy(update={"group": "param"}),
+        values=[str(1000 + i) for i in range(25)],
+    )
+    refs = facility.submit_array(array)
+    assert calls["submit_jdl_jobs"] == 2, "25 runs: one parametric JDL of 20, one of 5"
+    assert [r.name for r in refs] == [f"param-{1000 + i}" for i in range(25)]
+    statuses = wait_final(facility, refs)
+    assert {s.state for s in statuses} == {JobState.COMPLETED}
+    outputs = facility.fetch(refs[-2:], tmp_path)
+    assert [json.loads(o.files[0].path.read_text())["run"] for o in outputs] == ["1023", "1024"]
+    again = facility.submit_array(array)
+    assert again == refs
+
+
+def test_cancel_kills_the_jobs(grid: tuple[DiracFacility, GridSimulator]) -> None:
+    facility, _ = grid
+    refs = facility.submit([echo_spec(f"cancel-{i}") for i in range(3)])
+    statuses = facility.cancel(refs[:2])
+    assert [s.state for s in statuses] == [JobState.CANCELLED] * 2
+    assert "Killed" in statuses[0].detail
+    assert facility.poll(refs[2:])[0].state is JobState.PENDING
+
+
+@flow
+def watch(facility: DiracFacility, specs: list[JobSpec], reschedules: int = 0) -> list[JobStatus]:
+    refs = submit_jobs(facility, specs)
+    return wait_for_jobs(
+        facility, refs, min_interval=0.2, max_interval=1.0, max_reschedules=reschedules
+    )
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_failed_jobs_are_rescheduled_up_to_the_limit(
+    grid: tuple[DiracFacility, GridSimulator], pilot: GridSimulator
+) -> None:
+    facility, _ = grid
+    attempts: Counter[str] = Counter()
+
+    def fate(name: str) -> Fate:
+        attempts[name] += 1
+        if name == "resched-always":
+            return "fail"
+        return "fail" if attempts[name] == 1 else "run"
+
+    pilot.fates = fate
+    statuses = watch(facility, [echo_spec("resched-once"), echo_spec("resched-always")], 2)
+    by_name = {s.ref.name: s for s in statuses}
+    assert by_name["resched-once"].state is JobState.COMPLETED
+    assert by_name["resched-once"].reschedules == 1
+    assert by_name["resched-always"].state is JobState.FAILED
+    assert by_name["resched-always"].reschedules == 2
+    assert attempts["resched-always"] == 3
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_monitoring_survives_a_server_restart(
+    grid: tuple[DiracFacility, GridSimulator], diracx_server: DiracXServer
+) -> None:
+    facility, sim = grid
+    sim.fates = lambda _name: "hold"
+    refs = facility.submit([echo_spec(f"restart-{i}") for i in range(3)])
+    sim.run_once()
+    result: dict[str, Any] = {}
+
+    def run_flow() -> None:
+        @flow
+        def watch_refs() -> list[JobStatus]:
+            return wait_for_jobs(facility, refs, min_interval=0.2, max_interval=1.0)
+
+        result["statuses"] = watch_refs()
+
+    watcher = threading.Thread(target=run_flow)
+    watcher.start()
+    time.sleep(2)
+    diracx_server.stop_app()
+    time.sleep(3)
+    diracx_server.start()
+    sim.fates = lambda _name: "run"
+    with SyncDiracClient(diracx_preferences=sim.prefs) as client:
+        for ref in refs:
+            sim.finish(client, int(ref.job_id), ref.name, "run")
+    watcher.join(timeout=120)
+    assert not watcher.is_alive()
+    assert [s.state for s in result["statuses"]] == [JobState.COMPLETED] * 3
+
+
+def test_stalled_and_lost_jobs(grid: tuple[DiracFacility, GridSimulator]) -> None:
+    facility, sim = grid
+    sim.fates = lambda name: "stall" if name.endswith("stall") else "lose"
+    refs = facility.submit([echo_spec("fate-stall"), echo_spec("fate-lose")])
+    sim.run_once()
+    stalled, lost = facility.poll(refs)
+    assert stalled.state is JobState.RUNNING and stalled.detail.startswith("Stalled")
+    assert lost.state is JobState.RUNNING
+    sim.fail_lost(["fate-lose"])
+    assert facility.poll(refs[1:])[0].state is JobState.FAILED
+    sim.fates = lambda _name: "run"
+
+
+def test_refused_credentials_give_one_clear_error(
+    grid: tuple[DiracFacility, GridSimulator], tmp_path: Path
+) -> None:
+    facility, _ = grid
+    assert facility.credentials_path is not None
+    good = json.loads(facility.credentials_path.read_text())
+    forged = tmp_path / "forged.json"
+    forged.write_text(
+        json.dumps(
+            {**good, "access_token": good["access_token"][:-8] + "AAAAAAAA", "refresh_token": None}
+        )
+    )
+    bad = facility.model_copy(update={"credentials_path": forged})
+    with pytest.raises(
+        CredentialsError, match="DiracX refused the credentials while trying to submit jobs"
+    ):
+        bad.submit([echo_spec("forged-0")])
+    with pytest.raises(CredentialsError, match="does not exist"):
+        facility.model_copy(update={"credentials_path": tmp_path / "none.json"}).poll([])
+        facility.model_copy(update={"credentials_path": tmp_path / "none.json"}).submit([])
+
+
+def _upload_raw_sandbox(facility: DiracFacility, data: bytes) -> str:
+    with SyncDiracClient(diracx_preferences=facility._prefs()) as client:
+        answer = client.jobs.initiate_sandbox_upload(
+            SandboxInfo(
+                checksum_algorithm="sha256",
+                checksum=hashlib.sha256(data).hexdigest(),
+                size=len(data),
+                format="tar.bz2",
+            )
+        )
+        if answer.url:
+            httpx.post(
+                answer.url, data=answer.fields, files={"file": ("file", data)}
+            ).raise_for_status()
+        return str(answer.pfn)
+
+
+def test_an_output_sandbox_escaping_its_folder_is_refused(
+    grid: tuple[DiracFacility, GridSimulator], tmp_path: Path
+) -> None:
+    facility, sim = grid
+    [ref] = facility.submit([echo_spec("evil-0")])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:bz2") as tar:
+        member = tarfile.TarInfo("../../escaped.txt")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"evil"))
+    pfn = _upload_raw_sandbox(facility, buffer.getvalue())
+    with SyncDiracClient(diracx_preferences=sim.prefs) as client:
+        client.jobs.assign_sandbox_to_job(int(ref.job_id), f'"{pfn}"')
+    with pytest.raises(FatalError, match=r"unsafe member '\.\./\.\./escaped\.txt'"):
+        facility.fetch([ref], tmp_path / "dest")
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_name_cannot_be_reused_across_flows_by_accident(
+    grid: tuple[DiracFacility, GridSimulator],
+) -> None:
+    facility, _ = grid
+    assert job_prefix("x").startswith("x-")
+    first = facility.submit([echo_spec("reuse-0")])
+    assert facility.submit([echo_spec("reuse-0")]) == first
