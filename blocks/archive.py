@@ -45,6 +45,10 @@ class StoreBlock(Block, ABC):
     def archive(self, run_key: str, files: Sequence[OutputFile]) -> list[ArchivedFile]:
         """Keep `files` under `run_key`; archiving the same files again changes nothing."""
 
+    @abstractmethod
+    def existing(self, run_key: str) -> list[str]:
+        """Names of the files already kept under `run_key` (empty if none)."""
+
 
 class LocalArchive(StoreBlock):
     """Archives outputs into a directory: <root>/<run key>/<job name>/<file>.
@@ -91,3 +95,14 @@ class LocalArchive(StoreBlock):
                 )
             )
         return archived
+
+    def existing(self, run_key: str) -> list[str]:
+        """Files under <root>/<run key>, as names relative to it."""
+        base = self._root() / relative_path(run_key)
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(base).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(".partial")
+        )

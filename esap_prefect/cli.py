@@ -121,9 +121,17 @@ def workflows() -> None:
             typer.echo(f"    {name}: {kind}{default}")
 
 
-@app.command()
-def facilities() -> None:
+facilities_app = typer.Typer(help="List and add facilities.", no_args_is_help=False)
+add_app = typer.Typer(help="Save a new facility block.", no_args_is_help=True)
+facilities_app.add_typer(add_app, name="add")
+app.add_typer(facilities_app, name="facilities")
+
+
+@facilities_app.callback(invoke_without_command=True)
+def facilities(ctx: typer.Context) -> None:
     """List the facilities with what they can run."""
+    if ctx.invoked_subcommand is not None:
+        return
     from blocks.registry import list_facilities
 
     for facility in list_facilities():
@@ -132,6 +140,58 @@ def facilities() -> None:
             f"{cap['facility']}  ({cap['kind']})  runs {', '.join(sorted(cap['tasktypes']))}"
             f"; up to {cap['maxcores']} cores, {cap['maxmemory']}, {cap['maxduration']}"
         )
+
+
+@add_app.command("dirac")
+def add_dirac(
+    name: Annotated[str, typer.Argument(help="Block name, used with --facility.")],
+    url: Annotated[str, typer.Option(help="DiracX URL.")],
+    credentials: Annotated[Path, typer.Option(help="DiracX credentials file (dirac login).")],
+    embed: Annotated[
+        bool,
+        typer.Option(
+            help="Store the credentials' content in the block as a secret instead of the path."
+        ),
+    ] = False,
+    vo: Annotated[str | None, typer.Option(help="Virtual organisation.")] = None,
+    group: Annotated[str | None, typer.Option(help="DIRAC group.")] = None,
+    site: Annotated[list[str] | None, typer.Option(help="Allowed site (repeatable).")] = None,
+    banned_site: Annotated[list[str] | None, typer.Option(help="Banned site (repeatable).")] = None,
+    output_se: Annotated[str | None, typer.Option(help="Storage element for output data.")] = None,
+    output_path: Annotated[str | None, typer.Option(help="LFN directory for output data.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
+) -> None:
+    """Save a DIRAC facility (DiracX) as a Prefect block."""
+    from blocks.dirac.facility import DiracFacility
+
+    with _user_errors():
+        if not credentials.is_file():
+            raise UserError(f"credentials file {credentials} does not exist")
+        try:
+            json.loads(credentials.read_text())
+        except ValueError:
+            raise UserError(
+                f"credentials file {credentials} is not a DiracX credentials file (JSON)"
+            ) from None
+        try:
+            facility = DiracFacility(
+                url=url,
+                vo=vo,
+                group=group,
+                sites=site or [],
+                banned_sites=banned_site or [],
+                output_se=output_se,
+                output_path=output_path,
+                credentials_path=None if embed else credentials.resolve(),
+                credentials=credentials.read_text() if embed else None,
+            )
+        except ValidationError as exc:
+            raise UserError(f"invalid DIRAC facility: {describe(exc)}") from None
+        try:
+            facility.save(name, overwrite=overwrite)
+        except ValueError as exc:
+            raise UserError(f"{exc} (use --overwrite to replace it)") from None
+    typer.echo(f"saved DIRAC facility {name!r} ({url})")
 
 
 @app.command()

@@ -83,7 +83,7 @@ def validate_parameters(
         raise ParameterError(
             f"{workflow} has no parameter {', '.join(unknown)}; it takes: {', '.join(accepted)}"
         )
-    hints = get_type_hints(fn)
+    hints = get_type_hints(fn, include_extras=True)
     fields: dict[str, Any] = {
         name: (hints.get(name, Any), ... if p.default is p.empty else p.default)
         for name, p in signature.parameters.items()

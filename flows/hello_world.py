@@ -85,6 +85,7 @@ def hello_world(
         ]
 
     result = execute("hello-world", request, specs, facility, store)
+    result.raise_for_failures()
     output_file = next(
         f for o in result.outputs for f in o.files if f.name.endswith(f"/{OUTPUT_FILE}")
     )

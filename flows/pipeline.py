@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
 from blocks.archive import ArchivedFile
-from blocks.jobs import JobOutputs, JobSpec, JobStatus
+from blocks.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from blocks.registry import load_facility, load_store
 from blocks.states import JobState
 from esap_prefect.settings import home
@@ -39,6 +39,7 @@ class JobReport(BaseModel):
     state: JobState
     detail: str
     exit_code: int | None
+    reschedules: int = 0
 
 
 class PipelineResult(BaseModel):
@@ -52,6 +53,15 @@ class PipelineResult(BaseModel):
     jobs: list[JobReport]
     outputs: list[JobOutputs]
     archived: list[ArchivedFile]
+    failures: list[str]
+
+    def raise_for_failures(self) -> None:
+        """JobsFailed naming every job that did not complete with all its outputs."""
+        if self.failures:
+            raise JobsFailed(
+                f"{len(self.failures)} of {len(self.jobs)} job(s) failed: "
+                + "; ".join(self.failures[:10])
+            )
 
 
 def run_key(workflow: str) -> str:
@@ -70,7 +80,7 @@ def _tail(path: Path | None, lines: int = 5) -> str:
     return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
-def _raise_for_failures(statuses: Sequence[JobStatus], outputs: Sequence[JobOutputs]) -> None:
+def _problems(statuses: Sequence[JobStatus], outputs: Sequence[JobOutputs]) -> list[str]:
     by_name = {o.ref.name: o for o in outputs}
     problems = []
     for status in statuses:
@@ -83,32 +93,60 @@ def _raise_for_failures(statuses: Sequence[JobStatus], outputs: Sequence[JobOutp
             )
         elif item and item.missing:
             problems.append(f"{status.ref.name}: completed without {', '.join(item.missing)}")
-    if problems:
-        raise JobsFailed(
-            f"{len(problems)} of {len(statuses)} job(s) failed: " + "; ".join(problems[:10])
+    return problems
+
+
+def _grouped(specs: Sequence[JobSpec] | JobArray, group: str) -> list[JobSpec] | JobArray:
+    if isinstance(specs, JobArray):
+        template = specs.template
+        return specs.model_copy(
+            update={"template": template.model_copy(update={"group": template.group or group})}
         )
+    return [s.model_copy(update={"group": s.group or group}) for s in specs]
 
 
 def execute(
     workflow: str,
     request: TaskRequest,
-    make_specs: Callable[[PlanResponse], Sequence[JobSpec]],
+    make_specs: Callable[[PlanResponse], Sequence[JobSpec] | JobArray],
     facility: str | None,
     store: str | None,
+    *,
     timeout: float | None = None,
+    max_reschedules: int = 0,
+    archive_key: str | None = None,
+    archive_name: Callable[[JobRef, OutputFile], str] | None = None,
 ) -> PipelineResult:
-    """Plan on the facilities, run the job specs on the best offer, archive the outputs."""
+    """Plan on the facilities, run the jobs on the best offer, archive what completed.
+
+    Outputs of completed jobs are archived even when other jobs failed; the failures are
+    listed in the result (`raise_for_failures` turns them into an error). `archive_key`
+    (default <workflow>/<flow run id>) and `archive_name` (default <job>/<file>) say
+    where files go in the store.
+    """
     answer = plan(request, facility)
     assert answer.serviceinfo is not None  # a YES always names a facility
     chosen = load_facility(answer.serviceinfo.facility)
     archive_to = load_store(store)
-    specs = make_specs(answer)
+    specs = _grouped(make_specs(answer), job_prefix(workflow))
     refs = submit_jobs(chosen, specs)
-    statuses = wait_for_jobs(chosen, refs, timeout=timeout)
-    workspace = home() / "runs" / run_key(workflow)
-    outputs = collect_outputs(chosen, statuses, workspace)
-    _raise_for_failures(statuses, outputs)
-    archived = archive_outputs(archive_to, run_key(workflow), outputs)
+    statuses = wait_for_jobs(chosen, refs, timeout=timeout, max_reschedules=max_reschedules)
+    outputs = collect_outputs(chosen, statuses, home() / "runs" / run_key(workflow))
+    problems = _problems(statuses, outputs)
+    done = {s.ref for s in statuses if s.state is JobState.COMPLETED}
+    keep = [o for o in outputs if o.ref in done and not o.missing]
+    if archive_name is not None:
+        keep = [
+            o.model_copy(
+                update={
+                    "files": [
+                        f.model_copy(update={"name": archive_name(o.ref, f)}) for f in o.files
+                    ]
+                }
+            )
+            for o in keep
+        ]
+    archived = archive_outputs(archive_to, archive_key or run_key(workflow), keep)
     return PipelineResult(
         flow_run_id=flow_run.get_id() or "",
         facility=chosen.facility_name,
@@ -120,9 +158,11 @@ def execute(
                 state=s.state,
                 detail=s.detail,
                 exit_code=s.exit_code,
+                reschedules=s.reschedules,
             )
             for s in statuses
         ],
         outputs=list(outputs),
         archived=archived,
+        failures=problems,
     )

@@ -37,6 +37,13 @@ WORKFLOWS: dict[str, Workflow] = {
             deployment="hello-world/local",
             description="ESAP Hello World: echo six parameters as JSON with type batch.submit.",
         ),
+        Workflow(
+            name="cta-mc-production",
+            entrypoint="flows/cta_mc_production.py:cta_mc_production",
+            deployment="cta-mc-production/production",
+            description="CTA Monte Carlo production (CTADIRAC MCPipeJob): one job per run, "
+            "runs already archived are skipped.",
+        ),
     )
 }
 

@@ -28,3 +28,9 @@ def archive_outputs(
         description=f"{len(archived)} file(s) archived to {store.store_name}",
     )
     return archived
+
+
+@task(name="find-archived", retries=2, retry_delay_seconds=5, retry_condition_fn=unless_fatal)
+def find_archived(store: StoreBlock, run_key: str) -> list[str]:
+    """Names of the files a store already keeps under `run_key`."""
+    return store.existing(run_key)

@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 _HOME = Path(tempfile.mkdtemp(prefix="esap-prefect-tests-"))
 os.environ["ESAP_PREFECT_HOME"] = str(_HOME)
@@ -19,7 +20,16 @@ from esap_prefect.settings import configure_prefect_environment  # noqa: E402
 
 configure_prefect_environment()
 
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from blocks import DiracFacility
+    from tests.gridsim import GridSimulator
+    from tests.servers.diracx import DiracXServer
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +49,7 @@ def prefect_api() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def diracx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def diracx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DiracXServer]:
     """A real DiracX 0.7 server (own venv, S3 sandbox store) for the session."""
     from tests.servers.diracx import DiracXServer
 
@@ -49,3 +59,43 @@ def diracx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def grid(
+    diracx_server: DiracXServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[DiracFacility, GridSimulator]]:
+    from blocks import DiracFacility
+    from tests.gridsim import GridSimulator
+    from tests.servers.diracx import ADMIN_GROUP
+
+    folder = tmp_path_factory.mktemp("dirac-creds")
+    owner = diracx_server.credentials(folder / "owner.json")
+    admin = diracx_server.credentials(folder / "admin.json", "pilot", ADMIN_GROUP)
+    facility = DiracFacility(
+        url=diracx_server.url,
+        credentials_path=owner,
+        output_path="/cta/user/e/esap",
+        output_se="SE-TEST",
+    )
+    yield facility, GridSimulator(diracx_server.url, admin, owner, diracx_server.job_db_url)
+
+
+@pytest.fixture
+def pilot(grid: tuple[DiracFacility, GridSimulator]) -> Iterator[GridSimulator]:
+    """The simulator running pilot cycles in the background while the test runs."""
+    _, sim = grid
+    stop = threading.Event()
+
+    def cycle() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # the server may be restarting
+                sim.run_once()
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=cycle, daemon=True)
+    thread.start()
+    yield sim
+    stop.set()
+    thread.join()
+    sim.fates = lambda _name: "run"

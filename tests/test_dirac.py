@@ -5,7 +5,6 @@ Nothing is mocked: calls are counted by wrapping the real client methods.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -13,7 +12,6 @@ import tarfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,48 +29,12 @@ from blocks.errors import CredentialsError, FatalError
 from flows.pipeline import job_prefix
 from tasks.jobs import submit_jobs, wait_for_jobs
 from tests.gridsim import Fate, GridSimulator
-from tests.servers.diracx import ADMIN_GROUP, DiracXServer
+from tests.servers.diracx import DiracXServer
 
 ECHO = (
     "import json, sys; d = json.load(open('p.json')); d['run'] = sys.argv[1]; "
     "open('out.json', 'w').write(json.dumps(d)); print('ran', sys.argv[1])"
 )
-
-
-@pytest.fixture(scope="module")
-def grid(
-    diracx_server: DiracXServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[DiracFacility, GridSimulator]]:
-    folder = tmp_path_factory.mktemp("dirac-creds")
-    owner = diracx_server.credentials(folder / "owner.json")
-    admin = diracx_server.credentials(folder / "admin.json", "pilot", ADMIN_GROUP)
-    facility = DiracFacility(
-        url=diracx_server.url,
-        credentials_path=owner,
-        output_path="/cta/user/e/esap",
-        output_se="SE-TEST",
-    )
-    yield facility, GridSimulator(diracx_server.url, admin, owner, diracx_server.job_db_url)
-
-
-@pytest.fixture
-def pilot(grid: tuple[DiracFacility, GridSimulator]) -> Iterator[GridSimulator]:
-    """The simulator running pilot cycles in the background while the test runs."""
-    _, sim = grid
-    stop = threading.Event()
-
-    def cycle() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(Exception):  # the server may be restarting
-                sim.run_once()
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=cycle, daemon=True)
-    thread.start()
-    yield sim
-    stop.set()
-    thread.join()
-    sim.fates = lambda _name: "run"
 
 
 class Calls(Counter[str]):

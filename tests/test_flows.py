@@ -104,7 +104,7 @@ def failing_flow() -> None:
             )
         ]
 
-    execute("failing", EXECUTABLE, specs, None, None)
+    execute("failing", EXECUTABLE, specs, None, None).raise_for_failures()
 
 
 def test_a_failed_job_fails_the_flow_with_its_stderr() -> None:
@@ -124,7 +124,7 @@ def flaky_flow(counter: str, marker: str) -> int:
             for i in range(3)
         ]
 
-    execute("flaky", EXECUTABLE, specs, None, None)
+    execute("flaky", EXECUTABLE, specs, None, None).raise_for_failures()
     if not Path(marker).exists():
         Path(marker).touch()
         raise RuntimeError("lost the connection after the jobs ran")
