@@ -74,7 +74,7 @@ def test_unknown_workflow_lists_the_known_ones() -> None:
     assert_clean_error(
         cli("run", "hello-universe"),
         "unknown workflow 'hello-universe'",
-        "known workflows: hello-world",
+        "known workflows: cta-mc-production, hello-world",
     )
 
 
