@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench
+.PHONY: install demo up test test-fast lint bench bench-dirac lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/foundation.py
+
+bench-dirac: $(STAMP)
+	$(BIN)/python bench/dirac.py
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

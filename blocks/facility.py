@@ -8,27 +8,58 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from prefect.blocks.core import Block
+from pydantic import Field
 
 from blocks.errors import FatalError
 from blocks.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
-from planner.models import Capabilities
+from planner.models import Capabilities, TaskType
+from planner.units import Duration, Memory
 
 
 class FacilityBlock(Block, ABC):
-    """A place where payload jobs run, configured as a Prefect Block."""
+    """A place where payload jobs run, configured as a Prefect Block.
+
+    Subclasses set `tasktypes` and `servicetype`, and may give the limits other defaults.
+    """
+
+    tasktypes: ClassVar[frozenset[TaskType]] = frozenset({TaskType.EXECUTABLE})
+    servicetype: ClassVar[str] = ""
 
     kind: str = ""
+    max_cores: int = Field(default=1, ge=1, description="Most cores one job may ask for.")
+    max_memory: Memory = Field(
+        default="2G", validate_default=True, description="Most memory one job may ask for."
+    )
+    max_duration: Duration = Field(
+        default="24h", validate_default=True, description="Longest wall time one job may ask for."
+    )
+    preference: int = Field(default=100, description="Planner rank, lower preferred.")
 
     @property
     def facility_name(self) -> str:
         """The saved block's name, or the facility kind for an unsaved default."""
         return self._block_document_name or self.kind
 
-    @abstractmethod
+    def endpoint(self) -> str | None:
+        """Where the facility's service is, for the planner's offers."""
+        return None
+
     def capabilities(self) -> Capabilities:
         """Task types and resource limits, for the planner."""
+        return Capabilities(
+            facility=self.facility_name,
+            kind=self.kind,
+            tasktypes=self.tasktypes,
+            maxcores=self.max_cores,
+            maxmemory=self.max_memory,
+            maxduration=self.max_duration,
+            servicetype=self.servicetype,
+            endpoint=self.endpoint(),
+            preference=self.preference,
+        )
 
     @abstractmethod
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:

@@ -6,6 +6,7 @@ The same models serve every facility; a facility adds nothing to them but its ow
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Self
 
@@ -65,6 +66,18 @@ class InputFile(_Model):
         if (self.content is None) == (self.source is None):
             raise ValueError(f"input {self.name!r} needs exactly one of content or source")
         return self
+
+    def place(self, directory: Path) -> Path:
+        """Write or copy the file to its name under `directory`."""
+        target = directory / self.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.content is not None:
+            target.write_text(self.content)
+        elif self.source is not None:
+            shutil.copyfile(self.source, target)
+        if self.executable:
+            target.chmod(0o755)
+        return target
 
 
 class JobSpec(_Model):

@@ -13,6 +13,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -30,7 +31,6 @@ from blocks.local_runner import (
 )
 from blocks.states import JobState
 from esap_prefect.settings import home
-from planner.models import Capabilities, TaskType
 from planner.units import Duration, Memory
 
 _PASSED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
@@ -58,6 +58,8 @@ class LocalFacility(FacilityBlock):
     _block_type_name = "Local Facility"
     _description = "Runs ESAP payload jobs as local processes (the embedded default)."
 
+    servicetype: ClassVar[str] = "uri://esap-prefect/local"
+
     kind: str = "local"
     workdir: Path | None = Field(
         default=None,
@@ -73,7 +75,6 @@ class LocalFacility(FacilityBlock):
     )
     max_duration: Duration = Field(default=86400, description="Longest wall time a job may ask.")
     kill_grace: float = Field(default=5.0, ge=0, description="Seconds between SIGTERM and SIGKILL.")
-    preference: int = Field(default=100, description="Planner rank, lower preferred.")
 
     def _root(self) -> Path:
         root = (self.workdir or home() / "jobs").expanduser().resolve()
@@ -82,19 +83,6 @@ class LocalFacility(FacilityBlock):
 
     def _runner(self) -> LocalRunner:
         return runner_for(self._root(), self.max_cores, self.kill_grace)
-
-    def capabilities(self) -> Capabilities:
-        """One executable task at a time per core, within the host's limits."""
-        return Capabilities(
-            facility=self.facility_name,
-            kind=self.kind,
-            tasktypes=frozenset({TaskType.EXECUTABLE}),
-            maxcores=self.max_cores,
-            maxmemory=self.max_memory,
-            maxduration=self.max_duration,
-            servicetype="uri://esap-prefect/local",
-            preference=self.preference,
-        )
 
     def _job_env(self, spec: JobSpec, directory: Path) -> dict[str, str]:
         env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
@@ -154,14 +142,7 @@ class LocalFacility(FacilityBlock):
                     )
                     continue
             for item in spec.inputs:
-                target = directory / item.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if item.content is not None:
-                    target.write_text(item.content)
-                elif item.source is not None:
-                    shutil.copyfile(item.source, target)
-                if item.executable:
-                    target.chmod(0o755)
+                item.place(directory)
             (meta / "spec.json").write_text(wanted)
             self._enqueue(spec, directory)
             refs.append(JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name))

@@ -23,12 +23,13 @@ from diracx.client.sync import SyncDiracClient
 from prefect import flow
 from pydantic import ValidationError
 
-from blocks import DiracFacility, InputFile, JobArray, JobRef, JobSpec, JobState, JobStatus
+from blocks import DiracFacility, InputFile, JobArray, JobSpec, JobState, JobStatus
 from blocks.dirac.jdl import JDLError, JobDescription
 from blocks.errors import CredentialsError, FatalError
 from flows.pipeline import job_prefix
 from tasks.jobs import submit_jobs, wait_for_jobs
 from tests.gridsim import Fate, GridSimulator
+from tests.helpers import wait_final
 from tests.servers.diracx import DiracXServer
 
 ECHO = (
@@ -64,18 +65,6 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
 
     monkeypatch.setattr(Patched, "search", patched_search)
     return counted
-
-
-def wait_final(
-    facility: DiracFacility, refs: list[JobRef], timeout: float = 120
-) -> list[JobStatus]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = facility.poll(refs)
-        if all(s.state.is_final for s in statuses):
-            return statuses
-        time.sleep(0.2)
-    raise AssertionError(f"not final: {[s.detail for s in facility.poll(refs)][:5]}")
 
 
 def echo_spec(name: str, run: str = "1", **fields: Any) -> JobSpec:
@@ -165,7 +154,7 @@ def test_one_job_runs_and_its_outputs_come_back(
 ) -> None:
     facility, _ = grid
     refs = facility.submit([echo_spec("single-0", run="42")])
-    [status] = wait_final(facility, refs)
+    [status] = wait_final(facility, refs, timeout=120, interval=0.2)
     assert status.state is JobState.COMPLETED
     assert status.detail.startswith("Done; Execution Complete")
     [outputs] = facility.fetch(refs, tmp_path)
@@ -204,7 +193,7 @@ def test_parametric_jobs_expand_on_the_server(
     refs = facility.submit_array(array)
     assert calls["submit_jdl_jobs"] == 2, "25 runs: one parametric JDL of 20, one of 5"
     assert [r.name for r in refs] == [f"param-{1000 + i}" for i in range(25)]
-    statuses = wait_final(facility, refs)
+    statuses = wait_final(facility, refs, timeout=120, interval=0.2)
     assert {s.state for s in statuses} == {JobState.COMPLETED}
     outputs = facility.fetch(refs[-2:], tmp_path)
     assert [json.loads(o.files[0].path.read_text())["run"] for o in outputs] == ["1023", "1024"]

@@ -8,26 +8,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
 import pytest
 from pydantic import ValidationError
 
-from blocks import InputFile, JobRef, JobSpec, JobState, JobStatus, LocalFacility
-
-
-def wait_final(
-    facility: LocalFacility, refs: Sequence[JobRef], timeout: float = 30
-) -> list[JobStatus]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = facility.poll(refs)
-        if all(s.state.is_final for s in statuses):
-            return statuses
-        time.sleep(0.05)
-    raise AssertionError(f"jobs not final after {timeout}s: {facility.poll(refs)}")
+from blocks import InputFile, JobRef, JobSpec, JobState, LocalFacility
+from tests.helpers import wait_final
 
 
 @pytest.fixture

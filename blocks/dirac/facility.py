@@ -9,13 +9,12 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from diracx.api.jobs import create_sandbox, download_sandbox
 from diracx.client.aio import AsyncDiracClient
@@ -37,7 +36,6 @@ from blocks.facility import FacilityBlock
 from blocks.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from blocks.states import JobState, from_dirac
 from esap_prefect.settings import home
-from planner.models import Capabilities, TaskType
 from planner.units import Duration, Memory
 
 MAX_PER_CALL = 20
@@ -88,19 +86,11 @@ class DiracFacility(FacilityBlock):
     max_duration: Duration = Field(default="72h", validate_default=True)
     preference: int = Field(default=200, description="Planner rank, lower preferred.")
 
-    def capabilities(self) -> Capabilities:
-        """Executables on grid worker nodes, within the configured per-job limits."""
-        return Capabilities(
-            facility=self.facility_name,
-            kind=self.kind,
-            tasktypes=frozenset({TaskType.EXECUTABLE}),
-            maxcores=self.max_cores,
-            maxmemory=self.max_memory,
-            maxduration=self.max_duration,
-            servicetype="uri://dirac",
-            endpoint=self._url(),
-            preference=self.preference,
-        )
+    servicetype: ClassVar[str] = "uri://dirac"
+
+    def endpoint(self) -> str | None:
+        """The DiracX server."""
+        return self._url()
 
     def _url(self) -> str:
         url = self.url or os.environ.get("DIRACX_URL")
@@ -141,14 +131,7 @@ class DiracFacility(FacilityBlock):
         with tempfile.TemporaryDirectory(prefix="esap-sandbox-") as tmp:
             root = Path(tmp)
             for item in inputs:
-                target = root / item.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if item.content is not None:
-                    target.write_text(item.content)
-                elif item.source is not None:
-                    shutil.copyfile(item.source, target)
-                if item.executable:
-                    target.chmod(0o755)
+                item.place(root)
             tops = sorted({root / Path(i.name).parts[0] for i in inputs})
 
             async def upload() -> str:
