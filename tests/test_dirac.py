@@ -21,9 +21,11 @@ from diracx.client._generated.operations._operations import JobsOperations
 from diracx.client.models import SandboxInfo
 from diracx.client.sync import SyncDiracClient
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from pydantic import ValidationError
 
-from blocks import DiracFacility, InputFile, JobArray, JobSpec, JobState, JobStatus
+from blocks import DiracFacility, InputFile, JobArray, JobRef, JobSpec, JobState, JobStatus
 from blocks.dirac.jdl import JDLError, JobDescription
 from blocks.errors import CredentialsError, FatalError
 from flows.pipeline import job_prefix
@@ -304,8 +306,34 @@ def test_refused_credentials_give_one_clear_error(
     ):
         bad.submit([echo_spec("forged-0")])
     with pytest.raises(CredentialsError, match="does not exist"):
-        facility.model_copy(update={"credentials_path": tmp_path / "none.json"}).poll([])
         facility.model_copy(update={"credentials_path": tmp_path / "none.json"}).submit([])
+
+
+@flow
+def submit_with(facility: DiracFacility) -> list[JobRef]:
+    return submit_jobs(facility, [echo_spec("forged-1")])
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_refused_credentials_are_not_retried(
+    grid: tuple[DiracFacility, GridSimulator], tmp_path: Path
+) -> None:
+    facility, _ = grid
+    assert facility.credentials_path is not None
+    good = json.loads(facility.credentials_path.read_text())
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps({**good, "access_token": "e30.e30.AAAA", "refresh_token": None}))
+    state = submit_with(facility.model_copy(update={"credentials_path": forged}), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(CredentialsError, match="log in again"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert [r.run_count for r in runs] == [1], "refused credentials must not be retried"
 
 
 def _upload_raw_sandbox(facility: DiracFacility, data: bytes) -> str:
