@@ -37,11 +37,20 @@ class FacilityBlock(Block, ABC):
         default="24h", validate_default=True, description="Longest wall time one job may ask for."
     )
     preference: int = Field(default=100, description="Planner rank, lower preferred.")
+    default_walltime: Duration = Field(
+        default="1h",
+        validate_default=True,
+        description="Wall time (DIRAC: CPUTime) of jobs that set none.",
+    )
 
     @property
     def facility_name(self) -> str:
         """The saved block's name, or the facility kind for an unsaved default."""
         return self._block_document_name or self.kind
+
+    def walltime_of(self, spec: JobSpec) -> int:
+        """The job's wall time in seconds, the facility default when the job sets none."""
+        return spec.walltime if spec.walltime is not None else self.default_walltime
 
     def endpoint(self) -> str | None:
         """Where the facility's service is, for the planner's offers."""

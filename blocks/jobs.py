@@ -101,7 +101,9 @@ class JobSpec(_Model):
     )
     cores: int = Field(default=1, ge=1)
     memory: Memory | None = None
-    walltime: Duration = 3600
+    walltime: Duration | None = Field(
+        default=None, description="Wall-time limit (DIRAC: CPUTime); the facility default if unset."
+    )
 
 
 class JobArray(_Model):

@@ -101,7 +101,7 @@ class LocalFacility(FacilityBlock):
             [spec.executable, *spec.arguments],
             self._job_env(spec, directory),
             spec.cores,
-            float(spec.walltime),
+            float(self.walltime_of(spec)),
         )
 
     def _check(self, spec: JobSpec) -> None:
@@ -112,9 +112,9 @@ class LocalFacility(FacilityBlock):
             )
         if spec.memory is not None and spec.memory > self.max_memory:
             raise ValueError(f"job {spec.name} asks for more memory than {self.facility_name} has")
-        if spec.walltime > self.max_duration:
+        if self.walltime_of(spec) > self.max_duration:
             raise ValueError(
-                f"job {spec.name} asks for {spec.walltime}s wall time; facility "
+                f"job {spec.name} asks for {self.walltime_of(spec)}s wall time; facility "
                 f"{self.facility_name} allows {self.max_duration}s"
             )
 
@@ -182,7 +182,11 @@ class LocalFacility(FacilityBlock):
             self._enqueue(spec, directory)
             return None
         if self._runner().adopt(
-            ref.job_id, directory, launched["pid"], launched["started"], float(spec.walltime)
+            ref.job_id,
+            directory,
+            launched["pid"],
+            launched["started"],
+            float(self.walltime_of(spec)),
         ):
             return None
         record = read_record(meta)

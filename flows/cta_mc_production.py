@@ -248,7 +248,7 @@ def cta_mc_production(
             return JobArray(template=template, values=[f"{r:06d}" for r in todo])
 
         def archive_name(ref: JobRef, item: OutputFile) -> str:
-            return f"run{_run_of_name(ref.name):06d}/{item.path.name}"
+            return f"run{_run_of_name(ref.name):06d}/{item.name.rsplit('/', 1)[-1]}"
 
         result = execute(
             WORKFLOW,
@@ -259,6 +259,7 @@ def cta_mc_production(
             max_reschedules=max_reschedules,
             archive_key=config.archive_key,
             archive_name=archive_name,
+            archive_logs=True,
         )
     jobs_done = result.jobs if result else []
     summary = CTAMCResult(

@@ -96,6 +96,15 @@ def _problems(statuses: Sequence[JobStatus], outputs: Sequence[JobOutputs]) -> l
     return problems
 
 
+def _logs(outputs: JobOutputs) -> list[OutputFile]:
+    streams = (("stdout.log", outputs.stdout), ("stderr.log", outputs.stderr))
+    return [
+        OutputFile(name=f"{outputs.ref.name}/{name}", path=path)
+        for name, path in streams
+        if path is not None
+    ]
+
+
 def _grouped(specs: Sequence[JobSpec] | JobArray, group: str) -> list[JobSpec] | JobArray:
     if isinstance(specs, JobArray):
         template = specs.template
@@ -116,13 +125,14 @@ def execute(
     max_reschedules: int = 0,
     archive_key: str | None = None,
     archive_name: Callable[[JobRef, OutputFile], str] | None = None,
+    archive_logs: bool = False,
 ) -> PipelineResult:
     """Plan on the facilities, run the jobs on the best offer, archive what completed.
 
     Outputs of completed jobs are archived even when other jobs failed; the failures are
     listed in the result (`raise_for_failures` turns them into an error). `archive_key`
     (default <workflow>/<flow run id>) and `archive_name` (default <job>/<file>) say
-    where files go in the store.
+    where files go in the store; `archive_logs` adds <job>/stdout.log and stderr.log.
     """
     answer = plan(request, facility)
     assert answer.serviceinfo is not None  # a YES always names a facility
@@ -135,6 +145,8 @@ def execute(
     problems = _problems(statuses, outputs)
     done = {s.ref for s in statuses if s.state is JobState.COMPLETED}
     keep = [o for o in outputs if o.ref in done and not o.missing]
+    if archive_logs:
+        keep = [o.model_copy(update={"files": [*o.files, *_logs(o)]}) for o in keep]
     if archive_name is not None:
         keep = [
             o.model_copy(

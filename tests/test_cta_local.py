@@ -20,6 +20,8 @@ def test_runs_are_simulated_archived_and_not_repeated() -> None:
     assert "run000011/run000011.simtel.json" in names
     simtel = next(a for a in first.archived if a.name == "run000011/run000011.simtel.json")
     assert json.loads(Path(simtel.location.removeprefix("file://")).read_text())["nsb"] == 19.0
+    log = next(a for a in first.archived if a.name == "run000011/stdout.log")
+    assert "run000011: 5 showers of gamma" in Path(log.location.removeprefix("file://")).read_text()
     again = cta_mc_production(runs=4, first_run=10, showers_per_run=5, moon=Moon.FULL)
     assert again.already_archived == [10, 11, 12] and again.simulated == [13]
     other = cta_mc_production(runs=1, first_run=10, showers_per_run=5, moon=Moon.DARK)

@@ -109,6 +109,16 @@ def test_jdl_carries_the_spec_and_survives_parsing(
         assert line in jdl, line
 
 
+def test_cpu_time_defaults_to_the_facility_setting(
+    grid: tuple[DiracFacility, GridSimulator],
+) -> None:
+    facility, _ = grid
+    spec = JobSpec(name="no-limit", executable="true")
+    assert "CPUTime = 3600;" in facility._jdl_for(spec, None).render()
+    short = facility.model_copy(update={"default_walltime": 600})
+    assert "CPUTime = 600;" in short._jdl_for(spec, None).render()
+
+
 @pytest.mark.parametrize(
     ("arguments", "problem"),
     [

@@ -118,6 +118,13 @@ def test_wall_time_kills_the_whole_process_group(facility: LocalFacility) -> Non
     assert _gone(grandchild)
 
 
+def test_jobs_without_a_wall_time_get_the_facility_default(tmp_path: Path) -> None:
+    facility = LocalFacility(workdir=tmp_path / "jobs", default_walltime=1, kill_grace=1)
+    refs = facility.submit([py("default-limit", "import time; time.sleep(60)")])
+    [status] = wait_final(facility, refs, timeout=20)
+    assert status.detail == "wall time of 1s exceeded"
+
+
 def test_cancel_kills_the_whole_process_group(facility: LocalFacility) -> None:
     refs = facility.submit([py("victim", SPAWNS_GRANDCHILD)])
     grandchild = _grandchild_pid(jobs(facility) / "victim")

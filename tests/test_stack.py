@@ -103,6 +103,18 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
             check=False,
         )
         assert "hello-world/local" in deployed.stdout
+        assert "cta-mc-production/production" in deployed.stdout
+        request = urllib.request.Request(
+            f"{api}/deployments/filter",
+            data=b"{}",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request) as answer:
+            production = next(d for d in json.load(answer) if d["name"] == "production")
+        [schedule] = production["schedules"]
+        assert schedule["schedule"]["cron"] == "0 2 * * *"
+        assert schedule["active"] is False, "the production schedule must start disabled"
     finally:
         up.send_signal(signal.SIGTERM)
         out, _ = up.communicate(timeout=120)

@@ -156,7 +156,7 @@ class DiracFacility(FacilityBlock):
             output_sandbox=["std.out", "std.err", *spec.outputs],
             output_data=[f"LFN:{self._lfn(group_dir, spec.name, f)}" for f in spec.output_data],
             output_se=self.output_se if spec.output_data else None,
-            cpu_time=spec.walltime,
+            cpu_time=self.walltime_of(spec),
             site=self.sites,
             banned_sites=self.banned_sites,
             platform=self.platform,
@@ -199,7 +199,7 @@ class DiracFacility(FacilityBlock):
                 f"job {spec.name}: facility {self.facility_name} runs executables, "
                 "not container images"
             )
-        if spec.cores > self.max_cores or spec.walltime > self.max_duration:
+        if spec.cores > self.max_cores or self.walltime_of(spec) > self.max_duration:
             raise FatalError(
                 f"job {spec.name} asks for more than facility {self.facility_name} offers"
             )
