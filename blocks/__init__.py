@@ -19,10 +19,11 @@ from blocks.jobs import (
     OutputFile,
 )
 from blocks.local import LocalFacility
+from blocks.rucio_store import RucioStore
 from blocks.states import JobState
 
 FACILITY_TYPES: tuple[type[FacilityBlock], ...] = (LocalFacility, DiracFacility)
-STORE_TYPES: tuple[type[StoreBlock], ...] = (LocalArchive,)
+STORE_TYPES: tuple[type[StoreBlock], ...] = (LocalArchive, RucioStore)
 
 __all__ = [
     "FACILITY_TYPES",
@@ -40,5 +41,6 @@ __all__ = [
     "LocalArchive",
     "LocalFacility",
     "OutputFile",
+    "RucioStore",
     "StoreBlock",
 ]

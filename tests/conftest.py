@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from blocks import DiracFacility
     from tests.gridsim import GridSimulator
     from tests.servers.diracx import DiracXServer
+    from tests.servers.rucio import RucioServer
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +100,18 @@ def pilot(grid: tuple[DiracFacility, GridSimulator]) -> Iterator[GridSimulator]:
     stop.set()
     thread.join()
     sim.fates = lambda _name: "run"
+
+
+@pytest.fixture(scope="session")
+def rucio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RucioServer]:
+    """A real Rucio 41 server (own venv, SQLite) with an RSE on a local directory."""
+    from tests.servers.rucio import RucioServer
+
+    root = tmp_path_factory.mktemp("rucio")
+    server = RucioServer(root)
+    server.start()
+    try:
+        server.add_rse("ESAP_ARCHIVE", root / "rse-archive")
+        yield server
+    finally:
+        server.stop()

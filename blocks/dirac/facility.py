@@ -28,12 +28,12 @@ from blocks.dirac.connection import (
     run_async,
     sync_client,
     translated,
-    write_secret_file,
 )
 from blocks.dirac.jdl import JobDescription
 from blocks.errors import FatalError
 from blocks.facility import FacilityBlock
 from blocks.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from blocks.secret_files import write_secret_file
 from blocks.states import JobState, from_dirac
 from esap_prefect.settings import home
 from planner.units import Duration, Memory

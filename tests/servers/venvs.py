@@ -22,6 +22,7 @@ PINS: dict[str, list[str]] = {
         "uvicorn",
         "moto[server]",
     ],
+    "rucio": ["rucio==41.5.1"],
 }
 
 
