@@ -147,7 +147,17 @@ class DiracXServer:
         )
 
     def start(self) -> None:
-        """Start S3 and the server (configuring on first start); wait until both are ready."""
+        """Start S3 and the server (configuring on first start); wait until both are ready.
+
+        If either does not come up, whatever was started is stopped before the error.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         if not self._env:
             self.configure()
         bin_dir = server_venv("diracx")

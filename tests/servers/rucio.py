@@ -163,7 +163,11 @@ class RucioServer:
             log,
             self._env(),
         )
-        wait_http_ok(f"{self.url}/ping", self._process, log, 90)
+        try:
+            wait_http_ok(f"{self.url}/ping", self._process, log, 90)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop the server."""
