@@ -21,8 +21,6 @@ from diracx.client._generated.operations._operations import JobsOperations
 from diracx.client.models import SandboxInfo
 from diracx.client.sync import SyncDiracClient
 from prefect import flow
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from pydantic import ValidationError
 
 from blocks import DiracFacility, InputFile, JobArray, JobRef, JobSpec, JobState, JobStatus
@@ -31,7 +29,7 @@ from blocks.errors import CredentialsError, FatalError
 from flows.pipeline import job_prefix
 from tasks.jobs import submit_jobs, wait_for_jobs
 from tests.gridsim import Fate, GridSimulator
-from tests.helpers import wait_final
+from tests.helpers import forged_credentials, task_runs_of, wait_final
 from tests.servers.diracx import DiracXServer
 
 ECHO = (
@@ -302,15 +300,7 @@ def test_refused_credentials_give_one_clear_error(
     grid: tuple[DiracFacility, GridSimulator], tmp_path: Path
 ) -> None:
     facility, _ = grid
-    assert facility.credentials_path is not None
-    good = json.loads(facility.credentials_path.read_text())
-    forged = tmp_path / "forged.json"
-    forged.write_text(
-        json.dumps(
-            {**good, "access_token": good["access_token"][:-8] + "AAAAAAAA", "refresh_token": None}
-        )
-    )
-    bad = facility.model_copy(update={"credentials_path": forged})
+    bad = forged_credentials(facility, tmp_path)
     with pytest.raises(
         CredentialsError, match="DiracX refused the credentials while trying to submit jobs"
     ):
@@ -329,20 +319,11 @@ def test_refused_credentials_are_not_retried(
     grid: tuple[DiracFacility, GridSimulator], tmp_path: Path
 ) -> None:
     facility, _ = grid
-    assert facility.credentials_path is not None
-    good = json.loads(facility.credentials_path.read_text())
-    forged = tmp_path / "forged.json"
-    forged.write_text(json.dumps({**good, "access_token": "e30.e30.AAAA", "refresh_token": None}))
-    state = submit_with(facility.model_copy(update={"credentials_path": forged}), return_state=True)
+    state = submit_with(forged_credentials(facility, tmp_path), return_state=True)
     assert state.is_failed()
     with pytest.raises(CredentialsError, match="log in again"):
         state.result()
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
-            )
-        )
+    runs = task_runs_of(state.state_details.flow_run_id)
     assert [r.run_count for r in runs] == [1], "refused credentials must not be retried"
 
 

@@ -14,8 +14,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    FlowRunFilter,
-    FlowRunFilterId,
 )
 
 from blocks import JobRef, JobSpec, JobStatus, LocalFacility
@@ -25,6 +23,7 @@ from flows.pipeline import JobsFailed, execute, job_prefix
 from planner.models import PlanResponse, TaskRequest, TaskType
 from tasks.jobs import JobsTimedOut, wait_for_jobs
 from tasks.plan import PlanningError
+from tests.helpers import task_runs_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 EXECUTABLE = TaskRequest(tasktype=TaskType.EXECUTABLE, taskinfo={"executable": "python3"})
@@ -78,12 +77,7 @@ def test_planner_refusal_fails_the_flow_with_the_reason_and_no_retry() -> None:
     assert state.is_failed()
     with pytest.raises(PlanningError, match="short-only: needs at least 1m, offers at most 30s"):
         state.result()
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
-            )
-        )
+    runs = task_runs_of(state.state_details.flow_run_id)
     [plan_run] = [r for r in runs if r.task_key.startswith("plan")]
     assert plan_run.run_count == 1, "a planner NO must not be retried"
 

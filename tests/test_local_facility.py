@@ -99,9 +99,13 @@ SPAWNS_GRANDCHILD = """
 
 
 def _gone(pid: int, timeout: float = 10) -> bool:
+    """True once the process has ended (a zombie awaiting its reaper counts as ended)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
             return True
         time.sleep(0.05)
     return False
