@@ -27,6 +27,17 @@ from planner.units import Duration
 _CONFIG_LOCK = threading.RLock()
 
 
+class _UploadLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger that is also callable as `logger(level, msg)`.
+
+    rucio-clients 41.5's UploadClient calls `logger.log(...)`, and with tracing off also
+    `logger(...)`; this serves both.
+    """
+
+    def __call__(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(level, msg, *args, **kwargs)
+
+
 class RucioStore(StoreBlock):
     """Archives run outputs to Rucio, one dataset per run.
 
@@ -59,6 +70,11 @@ class RucioStore(StoreBlock):
     ca_cert: Path | None = None
     scope: str = Field(default="esap", pattern=r"^[A-Za-z0-9._-]{1,25}$")
     archive_rse: str = Field(min_length=1, description="RSE the outputs are uploaded to.")
+    send_traces: bool = Field(
+        default=True,
+        description="Send upload traces (Rucio's popularity data); off for servers without "
+        "a trace broker, which answer them slowly.",
+    )
     rule_lifetime: Duration | None = Field(
         default="30d",
         validate_default=True,
@@ -195,9 +211,11 @@ class RucioStore(StoreBlock):
                     )
                 )
             if uploads:
-                UploadClient(_client=client, logger=logging.getLogger("rucio.upload")).upload(
-                    uploads
-                )
+                UploadClient(
+                    _client=client,
+                    logger=_UploadLogger(logging.getLogger("rucio.upload")),
+                    tracing=self.send_traces,
+                ).upload(uploads)
             if files:
                 self._ensure_rule(client, dataset)
         return archived

@@ -97,11 +97,12 @@ def _problems(statuses: Sequence[JobStatus], outputs: Sequence[JobOutputs]) -> l
 
 
 def _logs(outputs: JobOutputs) -> list[OutputFile]:
+    """The job's non-empty stdout and stderr (an empty log says nothing worth keeping)."""
     streams = (("stdout.log", outputs.stdout), ("stderr.log", outputs.stderr))
     return [
         OutputFile(name=f"{outputs.ref.name}/{name}", path=path)
         for name, path in streams
-        if path is not None
+        if path is not None and path.stat().st_size > 0
     ]
 
 
