@@ -47,9 +47,10 @@ def _all(types: tuple[type[B], ...], default: B) -> list[B]:
 
 def _one(types: tuple[type[B], ...], name: str, default: B, what: str) -> B:
     slug, _, plain = name.rpartition("/")
+    everything = _saved(types)
     saved = [
         (cls, n)
-        for cls, n in _saved(types)
+        for cls, n in everything
         if n == plain and (not slug or cls.get_block_type_slug() == slug)
     ]
     if len(saved) == 1:
@@ -60,7 +61,7 @@ def _one(types: tuple[type[B], ...], name: str, default: B, what: str) -> B:
         raise UnknownBlockError(f"{what} name {name!r} is ambiguous: use one of {kinds}")
     if plain == DEFAULT_NAME and not slug:
         return default
-    known = sorted({n for _, n in _saved(types)} | {DEFAULT_NAME})
+    known = sorted({n for _, n in everything} | {DEFAULT_NAME})
     raise UnknownBlockError(f"no {what} named {name!r}; known: {', '.join(known)}")
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -90,7 +91,6 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stderr
         flow_run_id = json.loads(run.stdout)["flow_run_id"]
-        import urllib.request
 
         with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}") as answer:
             assert json.load(answer)["state_type"] == "COMPLETED"
