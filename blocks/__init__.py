@@ -19,7 +19,7 @@ from blocks.jobs import (
     OutputFile,
 )
 from blocks.local import LocalFacility
-from blocks.rucio_store import RucioStore
+from blocks.rucio import RucioStore
 from blocks.states import JobState
 
 FACILITY_TYPES: tuple[type[FacilityBlock], ...] = (LocalFacility, DiracFacility)

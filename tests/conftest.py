@@ -28,6 +28,7 @@ import pytest  # noqa: E402
 
 if TYPE_CHECKING:
     from blocks import DiracFacility
+    from blocks.rucio import RucioStore
     from tests.gridsim import GridSimulator
     from tests.servers.diracx import DiracXServer
     from tests.servers.rucio import RucioServer
@@ -67,6 +68,7 @@ def grid(
     diracx_server: DiracXServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[DiracFacility, GridSimulator]]:
     from blocks import DiracFacility
+    from blocks.rucio import RucioStore
     from tests.gridsim import GridSimulator
     from tests.servers.diracx import ADMIN_GROUP
 
@@ -104,7 +106,7 @@ def pilot(grid: tuple[DiracFacility, GridSimulator]) -> Iterator[GridSimulator]:
 
 @pytest.fixture(scope="session")
 def rucio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RucioServer]:
-    """A real Rucio 41 server (own venv, SQLite) with an RSE on a local directory."""
+    """A real Rucio 41 server (own venv, SQLite) with two RSEs on local directories."""
     from tests.servers.rucio import RucioServer
 
     root = tmp_path_factory.mktemp("rucio")
@@ -112,6 +114,25 @@ def rucio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RucioServ
     server.start()
     try:
         server.add_rse("ESAP_ARCHIVE", root / "rse-archive")
+        server.add_rse("SITE_B", root / "rse-site-b")
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def rucio_store(rucio_server: RucioServer) -> RucioStore:
+    """A store for the test Rucio server (root account, userpass), archiving to ESAP_ARCHIVE."""
+    from pydantic import SecretStr
+
+    from blocks.rucio import RucioStore
+
+    return RucioStore(
+        rucio_host=rucio_server.url,
+        account="root",
+        username=rucio_server.user,
+        password=SecretStr(rucio_server.password),
+        archive_rse="ESAP_ARCHIVE",
+        rule_lifetime="7d",
+        send_traces=False,  # the test server has no trace broker and answers traces slowly
+    )

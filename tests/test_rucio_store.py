@@ -18,16 +18,8 @@ from tests.servers.rucio import RucioServer
 
 
 @pytest.fixture
-def store(rucio_server: RucioServer) -> RucioStore:
-    return RucioStore(
-        rucio_host=rucio_server.url,
-        account="root",
-        username=rucio_server.user,
-        password=SecretStr(rucio_server.password),
-        archive_rse="ESAP_ARCHIVE",
-        rule_lifetime="7d",
-        send_traces=False,  # the test server has no trace broker and answers traces slowly
-    )
+def store(rucio_store: RucioStore) -> RucioStore:
+    return rucio_store
 
 
 def outputs(tmp_path: Path, **contents: str) -> list[OutputFile]:

@@ -1,16 +1,12 @@
-"""The Rucio store: archive outputs into the ESCAPE data lake, one dataset per run.
+"""The Rucio store: stage inputs in from the ESCAPE data lake and archive outputs to it.
 
-Uses rucio-clients (Client, UploadClient); credentials stay in a private client config file.
+Uses rucio-clients (Client, UploadClient, DownloadClient); credentials stay in private files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
-import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,37 +14,34 @@ from pydantic import Field, SecretStr
 
 from blocks.archive import ArchivedFile, StoreBlock
 from blocks.checksums import digest
-from blocks.errors import CredentialsError, FatalError, TransientError
+from blocks.errors import FatalError
 from blocks.jobs import OutputFile, relative_path
-from blocks.secret_files import write_secret_file
-from esap_prefect.settings import home
+from blocks.rucio.dids import Did
+from blocks.rucio.session import rucio_client, rucio_logger, write_client_config
+from blocks.rucio.staging import (
+    StagedInputs,
+    StageProgress,
+    download,
+    ensure_rule,
+    replicas_at,
+    resolve,
+    wait_for_rules,
+)
 from planner.units import Duration
-
-_CONFIG_LOCK = threading.RLock()
-
-
-class _UploadLogger(logging.LoggerAdapter[logging.Logger]):
-    """A logger that is also callable as `logger(level, msg)`.
-
-    rucio-clients 41.5's UploadClient calls `logger.log(...)`, and with tracing off also
-    `logger(...)`; this serves both.
-    """
-
-    def __call__(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
-        self.log(level, msg, *args, **kwargs)
 
 
 class RucioStore(StoreBlock):
     """Archives run outputs to Rucio, one dataset per run.
 
-    Files are uploaded with checksums and attached to the run's dataset, which gets a
-    replication rule with the configured lifetime on the archive RSE.
+    Stage-in puts a rule of this account on the target RSE (reusing one it has), waits for
+    it and hands over PFNs or downloaded files. Archive uploads outputs with checksums into
+    the run's dataset, which gets a rule with the configured lifetime on the archive RSE.
 
     With no host given, the standard `RUCIO_CONFIG` file is used as it is.
 
     Example:
         ```python
-        from blocks.rucio_store import RucioStore
+        from blocks.rucio import RucioStore
         RucioStore(rucio_host="https://rucio.example.org", account="esap",
                    username="esap", password="...", archive_rse="CTAO_ARCHIVE").save("lake")
         ```
@@ -63,12 +56,19 @@ class RucioStore(StoreBlock):
     )
     auth_host: str | None = Field(default=None, description="Auth server; default rucio_host.")
     account: str | None = None
-    auth_type: Literal["userpass", "x509_proxy"] = "userpass"
+    auth_type: Literal["userpass", "token", "x509_proxy"] = "userpass"
     username: str | None = None
     password: SecretStr | None = None
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token (an OIDC/WLCG token or a Rucio token)."
+    )
     proxy_path: Path | None = Field(default=None, description="X.509 proxy for x509_proxy.")
     ca_cert: Path | None = None
-    scope: str = Field(default="esap", pattern=r"^[A-Za-z0-9._-]{1,25}$")
+    scope: str = Field(
+        default="esap",
+        pattern=r"^[A-Za-z0-9._-]{1,25}$",
+        description="Scope of archived outputs, and of DIDs given without one.",
+    )
     archive_rse: str = Field(min_length=1, description="RSE the outputs are uploaded to.")
     send_traces: bool = Field(
         default=True,
@@ -78,72 +78,42 @@ class RucioStore(StoreBlock):
     rule_lifetime: Duration | None = Field(
         default="30d",
         validate_default=True,
-        description="Lifetime of the archive rule; empty for no expiry.",
+        description="Lifetime of archive and staging rules; empty for no expiry.",
     )
 
     def _config_file(self) -> Path | None:
         if not self.rucio_host:
             return None
-        lines = [
-            "[common]",
-            "[client]",
-            f"rucio_host = {self.rucio_host}",
-            f"auth_host = {self.auth_host or self.rucio_host}",
-            f"auth_type = {self.auth_type}",
-            f"account = {self.account or ''}",
-            "request_retries = 2",
-        ]
+        settings = {
+            "rucio_host": self.rucio_host,
+            "auth_host": self.auth_host or self.rucio_host,
+            # rucio-clients takes bearer tokens under its OIDC auth type
+            "auth_type": "oidc" if self.auth_type == "token" else self.auth_type,
+            "account": self.account or "",
+            "request_retries": "2",
+        }
         if self.username:
-            lines.append(f"username = {self.username}")
+            settings["username"] = self.username
         if self.password:
-            lines.append(f"password = {self.password.get_secret_value()}")
+            settings["password"] = self.password.get_secret_value()
         if self.proxy_path:
-            lines.append(f"client_x509_proxy = {self.proxy_path}")
+            settings["client_x509_proxy"] = str(self.proxy_path)
         if self.ca_cert:
-            lines.append(f"ca_cert = {self.ca_cert}")
-        text = "\n".join(lines) + "\n"
-        name = hashlib.sha256(text.encode()).hexdigest()[:16]
-        path = home() / "secrets" / f"rucio-{name}.cfg"
-        lines.append(f"auth_token_file_path = {path.with_suffix('.token')}")
-        text = "\n".join(lines) + "\n"
-        if not path.exists() or path.read_text() != text:
-            write_secret_file(path, text)
-        return path
+            settings["ca_cert"] = str(self.ca_cert)
+        return write_client_config(settings, self._token())
+
+    def _token(self) -> str | None:
+        if self.auth_type != "token":
+            return None
+        if self.token is None:
+            raise FatalError("Rucio store: auth_type token needs a token")
+        return self.token.get_secret_value()
 
     @contextlib.contextmanager
     def _client(self, what: str) -> Iterator[Any]:
         """A rucio Client under this store's configuration; errors translated."""
-        from rucio.client import Client
-        from rucio.common import exception as rucio_errors
-        from rucio.common.config import clean_cached_config
-
-        path = self._config_file()
-        with _CONFIG_LOCK:
-            before = os.environ.get("RUCIO_CONFIG")
-            if path is not None:
-                os.environ["RUCIO_CONFIG"] = str(path)
-            clean_cached_config()
-            try:
-                yield Client()
-            except (rucio_errors.CannotAuthenticate, rucio_errors.AccessDenied) as exc:
-                raise CredentialsError(
-                    f"Rucio refused the credentials while trying to {what}: {exc}"
-                ) from exc
-            except (rucio_errors.ServiceUnavailable, rucio_errors.RucioException) as exc:
-                if (
-                    isinstance(exc, rucio_errors.ServiceUnavailable)
-                    or "connect" in str(exc).lower()
-                ):
-                    raise TransientError(
-                        f"Rucio could not be reached while trying to {what}"
-                    ) from exc
-                raise
-            finally:
-                if before is None:
-                    os.environ.pop("RUCIO_CONFIG", None)
-                else:
-                    os.environ["RUCIO_CONFIG"] = before
-                clean_cached_config()
+        with rucio_client(self._config_file(), what, self._token()) as client:
+            yield client
 
     def _dataset(self, run_key: str) -> str:
         return relative_path(run_key).replace("/", ".")
@@ -213,7 +183,7 @@ class RucioStore(StoreBlock):
             if uploads:
                 UploadClient(
                     _client=client,
-                    logger=_UploadLogger(logging.getLogger("rucio.upload")),
+                    logger=rucio_logger("upload"),
                     tracing=self.send_traces,
                 ).upload(uploads)
             if files:
@@ -232,3 +202,45 @@ class RucioStore(StoreBlock):
             self.archive_rse,
             lifetime=self.rule_lifetime,
         )
+
+    def parse_dids(self, dids: Sequence[str]) -> list[Did]:
+        """DIDs as typed (`scope:name`, or a name in this store's scope); wildcards refused."""
+        return [Did.parse(text, self.scope) for text in dids]
+
+    def stage_in(
+        self,
+        dids: Sequence[str],
+        rse: str,
+        *,
+        lifetime: int | Literal["default"] | None = "default",
+        timeout: float = 3600.0,
+        poll_interval: float = 2.0,
+        download_to: Path | None = None,
+        progress: Callable[[StageProgress], None] | None = None,
+    ) -> StagedInputs:
+        """Make every file of `dids` available at `rse`; PFNs there, or copies in `download_to`.
+
+        A rule of this account on `rse` is reused rather than duplicated; new rules get
+        `lifetime` seconds (the store's rule lifetime by default, None for no expiry).
+        Unknown DIDs, STUCK or missing replicas and the timeout raise StagingError naming
+        the files; the rules stay, so staging again carries on where this left off.
+        """
+        parsed = self.parse_dids(dids)
+        if not parsed:
+            raise FatalError("nothing to stage: no data identifiers given")
+        seconds = self.rule_lifetime if lifetime == "default" else lifetime
+        with self._client(f"stage data to {rse}") as client:
+            resolve(client, parsed)
+            rules = [ensure_rule(client, did, rse, seconds) for did in dict.fromkeys(parsed)]
+            wait_for_rules(
+                client,
+                rules,
+                rse,
+                timeout=timeout,
+                poll_interval=poll_interval,
+                progress=progress,
+            )
+            files = replicas_at(client, parsed, rse)
+            if download_to is not None:
+                files = download(client, files, download_to)
+        return StagedInputs(rse=rse, rules=rules, files=files)

@@ -1,0 +1,248 @@
+"""Stage-in with Rucio: a rule to the target RSE (reused if there is one), wait, then hand over.
+
+Jobs get replica PFNs at the target RSE or downloaded, checksum-verified copies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from blocks.errors import FatalError
+from blocks.rucio.dids import Did
+from blocks.rucio.session import rucio_logger
+
+SHOWN = 20
+
+
+class StagingError(FatalError):
+    """Staging cannot finish: the files named are stuck, missing, or never arrived."""
+
+    def __init__(self, message: str, files: Sequence[str]) -> None:
+        shown = ", ".join(files[:SHOWN]) + (
+            f" and {len(files) - SHOWN} more" if len(files) > SHOWN else ""
+        )
+        super().__init__(f"{message}: {shown}" if files else message)
+        self.files = list(files)
+
+
+class StageProgress(BaseModel):
+    """Where the rules stand: file locks OK, replicating and stuck."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ok: int
+    replicating: int
+    stuck: int
+    elapsed: float
+
+    @property
+    def total(self) -> int:
+        """All locks of the rules."""
+        return self.ok + self.replicating + self.stuck
+
+
+class StagedFile(BaseModel):
+    """One input file at the target RSE."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    did: str
+    size: int
+    adler32: str | None
+    md5: str | None
+    rse: str
+    pfn: str | None
+    path: Path | None = None
+
+
+class Rule(BaseModel):
+    """The rule that holds a staged DID at the target RSE."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    did: str
+    rule_id: str
+    reused: bool
+
+
+def resolve(client: Any, dids: Sequence[Did]) -> dict[Did, str]:
+    """Each DID's type (FILE, DATASET, CONTAINER); unknown DIDs are a StagingError naming all."""
+    from rucio.common.exception import DataIdentifierNotFound
+
+    kinds: dict[Did, str] = {}
+    missing = []
+    for did in dids:
+        try:
+            kinds[did] = str(client.get_did(did.scope, did.name)["type"]).upper()
+        except DataIdentifierNotFound:
+            missing.append(str(did))
+    if missing:
+        raise StagingError("Rucio knows no such data identifier", missing)
+    return kinds
+
+
+def ensure_rule(client: Any, did: Did, rse: str, lifetime: int | None) -> Rule:
+    """The rule of this account for `did` on `rse`: the existing one, else a new one.
+
+    A reused rule that would expire before `lifetime` is extended.
+    """
+    from rucio.common.exception import DuplicateRule
+
+    for rule in client.list_did_rules(did.scope, did.name):
+        if rule["account"] == client.account and rule["rse_expression"] == rse:
+            _extend(client, rule, lifetime)
+            return Rule(did=str(did), rule_id=rule["id"], reused=True)
+    try:
+        [rule_id] = client.add_replication_rule([did.as_dict()], 1, rse, lifetime=lifetime)
+    except DuplicateRule:  # another worker added it between our look and our add
+        return ensure_rule(client, did, rse, lifetime)
+    return Rule(did=str(did), rule_id=rule_id, reused=False)
+
+
+def _extend(client: Any, rule: dict[str, Any], lifetime: int | None) -> None:
+    expires = rule.get("expires_at")
+    if expires is None:
+        return
+    if isinstance(expires, str):
+        expires = datetime.fromisoformat(expires)
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    wanted = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
+    if wanted is None or expires < wanted:
+        client.update_replication_rule(rule["id"], {"lifetime": lifetime})
+
+
+def _locks(client: Any, rule_id: str, states: set[str]) -> list[str]:
+    return [
+        f"{lock['scope']}:{lock['name']}"
+        for lock in client.list_replica_locks(rule_id)
+        if str(lock["state"]).upper() in states
+    ]
+
+
+def wait_for_rules(
+    client: Any,
+    rules: Sequence[Rule],
+    rse: str,
+    *,
+    timeout: float,
+    poll_interval: float = 2.0,
+    max_interval: float = 30.0,
+    progress: Callable[[StageProgress], None] | None = None,
+) -> StageProgress:
+    """Poll the rules until all are OK; STUCK or the timeout is a StagingError listing files.
+
+    One request per rule and cycle; the interval grows by a quarter up to `max_interval`.
+    """
+    started = time.monotonic()
+    interval = poll_interval
+    while True:
+        ok = replicating = stuck = 0
+        stuck_rules = []
+        all_ok = True
+        for rule in rules:
+            info = client.get_replication_rule(rule.rule_id)
+            all_ok = all_ok and str(info["state"]).upper() == "OK"
+            ok += info["locks_ok_cnt"]
+            replicating += info["locks_replicating_cnt"]
+            stuck += info["locks_stuck_cnt"]
+            if str(info["state"]).upper() == "STUCK":
+                stuck_rules.append((rule, info.get("error") or "no reason given"))
+        now = StageProgress(
+            ok=ok, replicating=replicating, stuck=stuck, elapsed=time.monotonic() - started
+        )
+        if progress is not None:
+            progress(now)
+        if stuck_rules:
+            files = [f for rule, _ in stuck_rules for f in _locks(client, rule.rule_id, {"STUCK"})]
+            reasons = "; ".join(sorted({why for _, why in stuck_rules}))
+            raise StagingError(
+                f"{len(files)} file(s) cannot reach {rse} (rule STUCK: {reasons})", files
+            )
+        if all_ok:
+            return now
+        if now.elapsed >= timeout:
+            files = [f for rule in rules for f in _locks(client, rule.rule_id, {"REPLICATING"})]
+            raise StagingError(
+                f"staging to {rse} did not finish within {timeout:g} s ({ok} of "
+                f"{now.total} file(s) there; the rules stay, so staging again picks them up); "
+                "still replicating",
+                files,
+            )
+        time.sleep(min(interval, max(0.0, timeout - now.elapsed)))
+        interval = min(interval * 1.25, max_interval)
+
+
+def replicas_at(client: Any, dids: Sequence[Did], rse: str) -> list[StagedFile]:
+    """Every file of `dids` with its PFN at `rse`; files with no replica there are an error."""
+    files = []
+    missing = []
+    for replica in client.list_replicas([d.as_dict() for d in dids], rse_expression=rse):
+        did = f"{replica['scope']}:{replica['name']}"
+        pfns = replica.get("rses", {}).get(rse) or []
+        if not pfns:
+            missing.append(did)
+            continue
+        files.append(
+            StagedFile(
+                did=did,
+                size=replica["bytes"],
+                adler32=replica.get("adler32"),
+                md5=replica.get("md5"),
+                rse=rse,
+                pfn=pfns[0],
+            )
+        )
+    if missing:
+        raise StagingError(f"{len(missing)} file(s) have no replica at {rse}", missing)
+    if not files:
+        raise StagingError(f"nothing to stage: {', '.join(map(str, dids))} hold no files", [])
+    return sorted(files, key=lambda f: f.did)
+
+
+def download(client: Any, files: Sequence[StagedFile], dest: Path) -> list[StagedFile]:
+    """Download the files from their RSE into `dest`/<scope>/<name>; checksums verified.
+
+    Files already there and whole are not fetched again. Failures name every file.
+    """
+    from rucio.client.downloadclient import DownloadClient
+    from rucio.common.exception import NoFilesDownloaded, NotAllFilesDownloaded
+
+    downloader = DownloadClient(client=client, logger=rucio_logger("download"), tracing=False)
+    items = [{"did": f.did, "rse": f.rse, "base_dir": str(dest)} for f in files]
+    for item in files:
+        # rucio-clients does not create the directories of names that hold a "/"
+        (dest / item.did.replace(":", "/", 1)).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        results = downloader.download_dids(items, deactivate_file_download_exceptions=True)
+    except (NoFilesDownloaded, NotAllFilesDownloaded) as exc:  # pragma: no cover - guarded above
+        raise StagingError(f"download from Rucio failed: {exc}", [f.did for f in files]) from exc
+    by_did = {f"{r['scope']}:{r['name']}": r for r in results}
+    failed = [
+        did for did, r in by_did.items() if r.get("clientState") not in ("DONE", "ALREADY_DONE")
+    ]
+    failed += [f.did for f in files if f.did not in by_did]
+    if failed:
+        raise StagingError(f"{len(failed)} file(s) could not be downloaded", sorted(failed))
+    return [f.model_copy(update={"path": Path(by_did[f.did]["dest_file_paths"][0])}) for f in files]
+
+
+class StagedInputs(BaseModel):
+    """What a stage-in gave: the rules holding the data at `rse` and every file there."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rse: str
+    rules: list[Rule]
+    files: list[StagedFile]
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes staged."""
+        return sum(f.size for f in self.files)
