@@ -68,7 +68,6 @@ def grid(
     diracx_server: DiracXServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[DiracFacility, GridSimulator]]:
     from blocks import DiracFacility
-    from blocks.rucio import RucioStore
     from tests.gridsim import GridSimulator
     from tests.servers.diracx import ADMIN_GROUP
 

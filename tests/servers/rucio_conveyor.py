@@ -18,11 +18,10 @@ def local_path(url: str) -> Path:
 
 def copy_submitted() -> None:
     """Copy each submitted transfer; a missing source fails the request as FTS would."""
-    from sqlalchemy import select
-
     from rucio.db.sqla import models
     from rucio.db.sqla.constants import RequestState
     from rucio.db.sqla.session import get_session
+    from sqlalchemy import select
 
     session = get_session()
     try:
