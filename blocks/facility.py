@@ -37,6 +37,11 @@ class FacilityBlock(Block, ABC):
         default="24h", validate_default=True, description="Longest wall time one job may ask for."
     )
     preference: int = Field(default=100, description="Planner rank, lower preferred.")
+    close_rse: str | None = Field(
+        default=None,
+        description="Rucio RSE next to this facility: inputs are staged there, and the "
+        "planner prefers this facility for data already there.",
+    )
     default_walltime: Duration = Field(
         default="1h",
         validate_default=True,
@@ -68,6 +73,7 @@ class FacilityBlock(Block, ABC):
             servicetype=self.servicetype,
             endpoint=self.endpoint(),
             preference=self.preference,
+            closerse=self.close_rse,
         )
 
     @abstractmethod

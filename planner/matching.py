@@ -47,7 +47,9 @@ def _offer(request: TaskRequest, cap: Capabilities) -> Offer:
 
     return Offer(
         servicetype=cap.servicetype,
-        serviceinfo=ServiceInfo(facility=cap.facility, endpoint=cap.endpoint),
+        serviceinfo=ServiceInfo(
+            facility=cap.facility, endpoint=cap.endpoint, closerse=cap.closerse
+        ),
         resources=OfferedResources(
             mincores=res.mincores,
             maxcores=upper(res.maxcores, cap.maxcores),
@@ -62,11 +64,12 @@ def _offer(request: TaskRequest, cap: Capabilities) -> Offer:
 def match(request: TaskRequest, facilities: Iterable[Capabilities]) -> PlanResponse:
     """Answer `request` with an offer from every facility able to run it, best first.
 
-    Best means: lowest facility preference, then the most cores, memory and time offered,
-    then the facility name. With no able facility the answer is NO and `reasons` says,
+    Best means: close to the input data (its RSE is among the request's data locations),
+    then lowest facility preference, then the most cores, memory and time offered, then
+    the facility name. With no able facility the answer is NO and `reasons` says,
     for each facility, why not.
     """
-    ranked: list[tuple[tuple[int, int, int, int, str], Offer]] = []
+    ranked: list[tuple[tuple[bool, int, int, int, int, str], Offer]] = []
     reasons: dict[str, str] = {}
     for cap in facilities:
         why_not = _refusal(request, cap)
@@ -75,7 +78,8 @@ def match(request: TaskRequest, facilities: Iterable[Capabilities]) -> PlanRespo
             continue
         offer = _offer(request, cap)
         got = offer.resources
-        key = (cap.preference, -got.maxcores, -got.maxmemory, -got.maxduration, cap.facility)
+        far = cap.closerse not in request.datalocations
+        key = (far, cap.preference, -got.maxcores, -got.maxmemory, -got.maxduration, cap.facility)
         ranked.append((key, offer))
     if not ranked:
         if not reasons:

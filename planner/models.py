@@ -87,6 +87,10 @@ class TaskRequest(_Strict):
     tasktype: TaskType
     taskinfo: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
+    datalocations: tuple[str, ...] = Field(
+        default=(),
+        description="RSEs holding the task's input data; a facility close to one is preferred.",
+    )
 
     @model_validator(mode="after")
     def _taskinfo_fits_tasktype(self) -> Self:
@@ -116,6 +120,9 @@ class Capabilities(_Strict):
     preference: int = Field(
         default=100, description="Lower is preferred when several facilities can do a task."
     )
+    closerse: str | None = Field(
+        default=None, description="The Rucio RSE next to the facility, where inputs are staged."
+    )
 
 
 class OfferedResources(_Strict):
@@ -134,6 +141,7 @@ class ServiceInfo(_Strict):
 
     facility: str
     endpoint: str | None = None
+    closerse: str | None = None
 
 
 class Offer(_Strict):

@@ -159,6 +159,18 @@ def test_matching_is_deterministic_whatever_the_input_order() -> None:
     assert [o.serviceinfo.facility for o in first.offers][:2] == ["another-host", "docker-host"]
 
 
+def test_a_facility_close_to_the_data_is_preferred_and_told_where_to_stage() -> None:
+    near = K8S.model_copy(update={"closerse": "CTAO_DESY"})
+    far = DOCKER_HOST.model_copy(update={"closerse": "CERN_EOS"})
+    request = TaskRequest.model_validate(SEED_DOCKER)
+    assert match(request, [near, far]).offers[0].serviceinfo.facility == "docker-host"
+    with_data = request.model_copy(update={"datalocations": ("CTAO_DESY", "PIC_DISK")})
+    answer = match(with_data, [near, far])
+    assert [o.serviceinfo.facility for o in answer.offers] == ["k8s", "docker-host"]
+    assert answer.serviceinfo == answer.offers[0].serviceinfo
+    assert answer.offers[0].serviceinfo.closerse == "CTAO_DESY"
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
