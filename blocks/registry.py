@@ -5,7 +5,7 @@ With nothing saved, the embedded defaults (a local facility and a local archive)
 
 from __future__ import annotations
 
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
@@ -14,6 +14,9 @@ from blocks.archive import LocalArchive, StoreBlock
 from blocks.errors import UnknownBlockError
 from blocks.facility import FacilityBlock
 from blocks.local import LocalFacility
+
+if TYPE_CHECKING:
+    from blocks.rucio import RucioStore
 
 B = TypeVar("B", FacilityBlock, StoreBlock)
 
@@ -89,6 +92,30 @@ def load_facility(name: str | None = None) -> FacilityBlock:
     return _one(facility_types(), name or DEFAULT_NAME, LocalFacility(), "facility")
 
 
+def list_stores() -> list[StoreBlock]:
+    """Every saved store, plus the default local archive if none is saved as 'local'."""
+    return _all(store_types(), LocalArchive())
+
+
 def load_store(name: str | None = None) -> StoreBlock:
     """The store called `name`; None means 'local' (the local archive)."""
     return _one(store_types(), name or DEFAULT_NAME, LocalArchive(), "store")
+
+
+def load_rucio_store(name: str | None = None) -> RucioStore:
+    """The Rucio store called `name`; with no name, the only saved one."""
+    from blocks.rucio import RucioStore
+
+    if name:
+        store = load_store(name)
+        if not isinstance(store, RucioStore):
+            raise UnknownBlockError(f"store {name!r} is a {store.kind} store, not a Rucio store")
+        return store
+    saved = [n for cls, n in _saved(store_types()) if issubclass(cls, RucioStore)]
+    if len(saved) != 1:
+        raise UnknownBlockError(
+            "no Rucio store is saved: add one with `esap-prefect stores add rucio NAME ...`"
+            if not saved
+            else f"several Rucio stores are saved ({', '.join(sorted(saved))}): name one"
+        )
+    return cast(RucioStore, RucioStore.load(saved[0]))

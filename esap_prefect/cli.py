@@ -159,6 +159,9 @@ def add_dirac(
     banned_site: Annotated[list[str] | None, typer.Option(help="Banned site (repeatable).")] = None,
     output_se: Annotated[str | None, typer.Option(help="Storage element for output data.")] = None,
     output_path: Annotated[str | None, typer.Option(help="LFN directory for output data.")] = None,
+    close_rse: Annotated[
+        str | None, typer.Option(help="Rucio RSE next to the facility (inputs are staged there).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
 ) -> None:
     """Save a DIRAC facility (DiracX) as a Prefect block."""
@@ -182,6 +185,7 @@ def add_dirac(
                 banned_sites=banned_site or [],
                 output_se=output_se,
                 output_path=output_path,
+                close_rse=close_rse,
                 credentials_path=None if embed else credentials.resolve(),
                 credentials=credentials.read_text() if embed else None,
             )
@@ -192,6 +196,102 @@ def add_dirac(
         except ValueError as exc:
             raise UserError(f"{exc} (use --overwrite to replace it)") from None
     typer.echo(f"saved DIRAC facility {name!r} ({url})")
+
+
+stores_app = typer.Typer(help="List and add stores (where data is archived and staged).")
+add_store_app = typer.Typer(help="Save a new store block.", no_args_is_help=True)
+stores_app.add_typer(add_store_app, name="add")
+app.add_typer(stores_app, name="stores")
+
+
+@stores_app.callback(invoke_without_command=True)
+def stores(ctx: typer.Context) -> None:
+    """List the stores."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from blocks.registry import list_stores
+
+    with _user_errors():
+        for store in list_stores():
+            where = getattr(store, "rucio_host", None) or getattr(store, "root", None) or ""
+            typer.echo(f"{store.store_name}  ({store.kind})  {where}".rstrip())
+
+
+RUCIO_PASSWORD_ENV = "ESAP_RUCIO_PASSWORD"
+
+
+def _rucio_password(username: str | None) -> str | None:
+    if username is None:
+        return None
+    password = os.environ.get(RUCIO_PASSWORD_ENV)
+    if password:
+        return password
+    if not os.isatty(0):
+        raise UserError(f"set {RUCIO_PASSWORD_ENV} to the Rucio password (never an argument)")
+    return cast(str, typer.prompt("Rucio password", hide_input=True))
+
+
+@add_store_app.command("rucio")
+def add_rucio(
+    name: Annotated[str, typer.Argument(help="Block name, used with --store / input_store.")],
+    archive_rse: Annotated[str, typer.Option(help="RSE that run outputs are uploaded to.")],
+    host: Annotated[
+        str | None, typer.Option(help="Rucio server URL; default: the RUCIO_CONFIG file.")
+    ] = None,
+    auth_host: Annotated[str | None, typer.Option(help="Auth server URL; default host.")] = None,
+    account: Annotated[str | None, typer.Option(help="Rucio account.")] = None,
+    auth_type: Annotated[str, typer.Option(help="userpass, token or x509_proxy.")] = "userpass",
+    username: Annotated[
+        str | None,
+        typer.Option(help=f"Userpass identity; the password comes from ${RUCIO_PASSWORD_ENV}."),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding a bearer token (auth type token).")
+    ] = None,
+    proxy: Annotated[Path | None, typer.Option(help="X.509 proxy (auth type x509_proxy).")] = None,
+    ca_cert: Annotated[Path | None, typer.Option(help="CA bundle for https.")] = None,
+    scope: Annotated[str, typer.Option(help="Scope of archived outputs and bare DIDs.")] = "esap",
+    lifetime: Annotated[
+        str, typer.Option(help="Lifetime of archive and staging rules, e.g. 30d; '' for none.")
+    ] = "30d",
+    overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
+) -> None:
+    """Save a Rucio store (data lake) as a Prefect block; secrets never go on the command line."""
+    from pydantic import SecretStr
+
+    from blocks.rucio import RucioStore
+
+    with _user_errors():
+        token = None
+        if token_file is not None:
+            if not token_file.is_file():
+                raise UserError(f"token file {token_file} does not exist")
+            token = SecretStr(token_file.read_text().strip())
+        password = _rucio_password(username) if auth_type == "userpass" and host else None
+        try:
+            store = RucioStore(
+                rucio_host=host,
+                auth_host=auth_host,
+                account=account,
+                auth_type=auth_type,
+                username=username,
+                password=SecretStr(password) if password else None,
+                token=token,
+                proxy_path=proxy.resolve() if proxy else None,
+                ca_cert=ca_cert.resolve() if ca_cert else None,
+                scope=scope,
+                archive_rse=archive_rse,
+                rule_lifetime=lifetime or None,
+            )
+        except ValidationError as exc:
+            raise UserError(f"invalid Rucio store: {describe(exc)}") from None
+        if auth_type == "token" and token is None:
+            raise UserError("auth type token needs --token-file")
+        try:
+            store.save(name, overwrite=overwrite)
+        except ValueError as exc:
+            raise UserError(f"{exc} (use --overwrite to replace it)") from None
+    typer.echo(f"saved Rucio store {name!r} ({host or 'from RUCIO_CONFIG'}, archive {archive_rse})")
 
 
 @app.command()

@@ -42,6 +42,8 @@ def hello_world(
     Parameter6: str = "default",
     facility: str | None = None,
     store: str | None = None,
+    inputs: list[str | dict[str, Any]] | None = None,
+    input_store: str | None = None,
 ) -> HelloWorldResult:
     """Run ESAP's Hello World payload on a facility and archive what it echoes.
 
@@ -54,6 +56,8 @@ def hello_world(
         Parameter6: Sixth demo parameter (ESAP default "default").
         facility: Facility to run on; the planner picks the best one when empty.
         store: Store to archive to; the local archive when empty.
+        inputs: Rucio DIDs (scope:name) or ESAP basket items the job reads and reports.
+        input_store: Rucio store the DIDs are staged with; the only saved one when empty.
     """
     parameters = {
         "Parameter1": Parameter1,
@@ -84,7 +88,15 @@ def hello_world(
             )
         ]
 
-    result = execute("hello-world", request, specs, facility, store)
+    result = execute(
+        "hello-world",
+        request,
+        specs,
+        facility,
+        store,
+        inputs=inputs or [],
+        input_store=input_store,
+    )
     result.raise_for_failures()
     output_file = next(
         f for o in result.outputs for f in o.files if f.name.endswith(f"/{OUTPUT_FILE}")

@@ -12,14 +12,16 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
 from blocks.archive import ArchivedFile
-from blocks.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
-from blocks.registry import load_facility, load_store
+from blocks.basket import InputItem, parse_inputs
+from blocks.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from blocks.registry import load_facility, load_rucio_store, load_store
 from blocks.states import JobState
 from esap_prefect.settings import home
 from planner.models import PlanResponse, TaskRequest
 from tasks.archive import archive_outputs
 from tasks.jobs import collect_outputs, submit_jobs, wait_for_jobs
 from tasks.plan import plan
+from tasks.stage import fetch_vo_inputs, job_inputs, locate_inputs, stage_inputs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = PROJECT_ROOT / "containers" / "payloads"
@@ -115,6 +117,45 @@ def _grouped(specs: Sequence[JobSpec] | JobArray, group: str) -> list[JobSpec] |
     return [s.model_copy(update={"group": s.group or group}) for s in specs]
 
 
+def _with_inputs(
+    specs: Sequence[JobSpec] | JobArray, extra: Sequence[InputFile]
+) -> Sequence[JobSpec] | JobArray:
+    if not extra:
+        return specs
+    if isinstance(specs, JobArray):
+        template = specs.template
+        return specs.model_copy(
+            update={"template": template.model_copy(update={"inputs": [*template.inputs, *extra]})}
+        )
+    return [s.model_copy(update={"inputs": [*s.inputs, *extra]}) for s in specs]
+
+
+def _prepare_inputs(
+    workflow: str,
+    items: Sequence[InputItem],
+    input_store: str | None,
+    request: TaskRequest,
+    facility: str | None,
+) -> tuple[PlanResponse, list[InputFile]]:
+    """Plan near the Rucio inputs, stage them for the chosen facility, fetch VO items."""
+    parsed = parse_inputs(items)
+    rucio = load_rucio_store(input_store) if parsed.dids else None
+    if rucio is not None:
+        request = request.model_copy(
+            update={"datalocations": tuple(locate_inputs(rucio, parsed.dids))}
+        )
+    answer = plan(request, facility)
+    dest = home() / "runs" / run_key(workflow) / "inputs"
+    staged = None
+    if rucio is not None:
+        assert answer.serviceinfo is not None
+        close = answer.serviceinfo.closerse
+        staged = stage_inputs(rucio, parsed.dids, close, dest, download=close is None)
+    fetched = fetch_vo_inputs(parsed.vo, dest) if parsed.vo else []
+    extra = job_inputs(staged, fetched) if items else []
+    return answer, extra
+
+
 def execute(
     workflow: str,
     request: TaskRequest,
@@ -127,6 +168,8 @@ def execute(
     archive_key: str | None = None,
     archive_name: Callable[[JobRef, OutputFile], str] | None = None,
     archive_logs: bool = False,
+    inputs: Sequence[InputItem] = (),
+    input_store: str | None = None,
 ) -> PipelineResult:
     """Plan on the facilities, run the jobs on the best offer, archive what completed.
 
@@ -134,12 +177,16 @@ def execute(
     listed in the result (`raise_for_failures` turns them into an error). `archive_key`
     (default <workflow>/<flow run id>) and `archive_name` (default <job>/<file>) say
     where files go in the store; `archive_logs` adds <job>/stdout.log and stderr.log.
+
+    `inputs` (Rucio DIDs and ESAP basket items) are staged first: to the close RSE of the
+    chosen facility (jobs get PFNs), or downloaded and shipped with each job when it has
+    none. Every job then finds an `inputs.json` manifest in its directory.
     """
-    answer = plan(request, facility)
+    answer, extra = _prepare_inputs(workflow, inputs, input_store, request, facility)
     assert answer.serviceinfo is not None  # a YES always names a facility
     chosen = load_facility(answer.serviceinfo.facility)
     archive_to = load_store(store)
-    specs = _grouped(make_specs(answer), job_prefix(workflow))
+    specs = _grouped(_with_inputs(make_specs(answer), extra), job_prefix(workflow))
     refs = submit_jobs(chosen, specs)
     statuses = wait_for_jobs(chosen, refs, timeout=timeout, max_reschedules=max_reschedules)
     outputs = collect_outputs(chosen, statuses, home() / "runs" / run_key(workflow))

@@ -44,6 +44,13 @@ WORKFLOWS: dict[str, Workflow] = {
             description="CTA Monte Carlo production (CTADIRAC MCPipeJob): one job per run, "
             "runs already archived are skipped.",
         ),
+        Workflow(
+            name="data-staging",
+            entrypoint="flows/data_staging.py:data_staging",
+            deployment="data-staging/default",
+            description="Stage Rucio data and ESAP basket items to an RSE or next to a "
+            "facility; report what is where with sizes and checksums.",
+        ),
     )
 }
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tests.gridsim import GridSimulator
     from tests.servers.diracx import DiracXServer
     from tests.servers.rucio import RucioServer
+    from tests.servers.vo import VoService
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +136,12 @@ def rucio_store(rucio_server: RucioServer) -> RucioStore:
         rule_lifetime="7d",
         send_traces=False,  # the test server has no trace broker and answers traces slowly
     )
+
+
+@pytest.fixture(scope="session")
+def vo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VoService]:
+    """A VO service on loopback serving files and DataLink VOTables."""
+    from tests.servers.vo import vo_service
+
+    with vo_service(tmp_path_factory.mktemp("vo")) as service:
+        yield service

@@ -81,7 +81,13 @@ def rucio_client(config: Path | None, what: str, token: str | None = None) -> It
             raise CredentialsError(
                 f"Rucio refused the credentials while trying to {what}: {exc}"
             ) from exc
-        except (rucio_errors.InvalidObject, rucio_errors.InvalidValueForKey) as exc:
+        except rucio_errors.RSENotFound as exc:
+            raise FatalError(f"Rucio has no such RSE (while trying to {what})") from exc
+        except (
+            rucio_errors.InvalidObject,
+            rucio_errors.InvalidValueForKey,
+            rucio_errors.InvalidRSEExpression,
+        ) as exc:
             raise FatalError(f"Rucio refused a value while trying to {what}: {exc}") from exc
         except rucio_errors.RucioException as exc:
             if isinstance(exc, rucio_errors.ServiceUnavailable) or "connect" in str(exc).lower():

@@ -179,14 +179,15 @@ def wait_for_rules(
         interval = min(interval * 1.25, max_interval)
 
 
-def replicas_at(client: Any, dids: Sequence[Did], rse: str) -> list[StagedFile]:
-    """Every file of `dids` with its PFN at `rse`; files with no replica there are an error."""
+def replicas(client: Any, dids: Sequence[Did], rse: str | None) -> list[StagedFile]:
+    """Every file of `dids` with a PFN at `rse` (any RSE when None); files with none fail."""
     files = []
     missing = []
     for replica in client.list_replicas([d.as_dict() for d in dids], rse_expression=rse):
         did = f"{replica['scope']}:{replica['name']}"
-        pfns = replica.get("rses", {}).get(rse) or []
-        if not pfns:
+        held = {name: pfns for name, pfns in (replica.get("rses") or {}).items() if pfns}
+        where = rse if rse is not None else next(iter(sorted(held)), None)
+        if where is None or where not in held:
             missing.append(did)
             continue
         files.append(
@@ -195,19 +196,34 @@ def replicas_at(client: Any, dids: Sequence[Did], rse: str) -> list[StagedFile]:
                 size=replica["bytes"],
                 adler32=replica.get("adler32"),
                 md5=replica.get("md5"),
-                rse=rse,
-                pfn=pfns[0],
+                rse=where,
+                pfn=held[where][0],
             )
         )
     if missing:
-        raise StagingError(f"{len(missing)} file(s) have no replica at {rse}", missing)
+        place = f"at {rse}" if rse else "anywhere"
+        raise StagingError(f"{len(missing)} file(s) have no available replica {place}", missing)
     if not files:
         raise StagingError(f"nothing to stage: {', '.join(map(str, dids))} hold no files", [])
     return sorted(files, key=lambda f: f.did)
 
 
+def complete_copies(client: Any, dids: Sequence[Did]) -> list[str]:
+    """RSEs holding every file of `dids`, then those holding most of them."""
+    counts: dict[str, int] = {}
+    total = 0
+    for replica in client.list_replicas([d.as_dict() for d in dids]):
+        total += 1
+        for name, pfns in (replica.get("rses") or {}).items():
+            if pfns:
+                counts[name] = counts.get(name, 0) + 1
+    ranked = sorted(counts, key=lambda name: (-counts[name], name))
+    whole = [name for name in ranked if counts[name] == total]
+    return whole or ranked
+
+
 def download(client: Any, files: Sequence[StagedFile], dest: Path) -> list[StagedFile]:
-    """Download the files from their RSE into `dest`/<scope>/<name>; checksums verified.
+    """Download the files from their RSEs into `dest`/<scope>/<name>; checksums verified.
 
     Files already there and whole are not fetched again. Failures name every file.
     """

@@ -21,9 +21,10 @@ from blocks.rucio.session import rucio_client, rucio_logger, write_client_config
 from blocks.rucio.staging import (
     StagedInputs,
     StageProgress,
+    complete_copies,
     download,
     ensure_rule,
-    replicas_at,
+    replicas,
     resolve,
     wait_for_rules,
 )
@@ -240,7 +241,29 @@ class RucioStore(StoreBlock):
                 poll_interval=poll_interval,
                 progress=progress,
             )
-            files = replicas_at(client, parsed, rse)
+            files = replicas(client, parsed, rse)
             if download_to is not None:
                 files = download(client, files, download_to)
         return StagedInputs(rse=rse, rules=rules, files=files)
+
+    def locations(self, dids: Sequence[str]) -> list[str]:
+        """RSEs holding a whole copy of `dids` (or, if none does, those holding most)."""
+        parsed = self.parse_dids(dids)
+        with self._client("find where data is") as client:
+            resolve(client, parsed)
+            return complete_copies(client, parsed)
+
+    def fetch(self, dids: Sequence[str], dest: Path) -> StagedInputs:
+        """Download every file of `dids` from wherever Rucio has it, without adding a rule."""
+        parsed = self.parse_dids(dids)
+        if not parsed:
+            raise FatalError("nothing to fetch: no data identifiers given")
+        with self._client("download data") as client:
+            resolve(client, parsed)
+            files = download(client, replicas(client, parsed, None), dest)
+        return StagedInputs(rse="", rules=[], files=files)
+
+    def check_rse(self, rse: str) -> None:
+        """FatalError unless Rucio knows an RSE called `rse`."""
+        with self._client(f"look up RSE {rse}") as client:
+            client.get_rse(rse)
