@@ -5,11 +5,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from blocks import LocalFacility
 from blocks.errors import FatalError
@@ -43,7 +45,7 @@ def latest_artifact(key: str) -> str:
         [artifact] = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
             limit=1,
-            sort="CREATED_DESC",
+            sort=ArtifactSort.CREATED_DESC,
         )
     return str(artifact.data)
 
@@ -122,8 +124,8 @@ def test_data_staging_brings_a_dataset_next_to_a_facility_and_reports_it(
     ],
 )
 def test_data_staging_refuses_bad_requests_clearly(
-    lake: str, kwargs: dict[str, object], error: str
+    lake: str, kwargs: dict[str, Any], error: str
 ) -> None:
-    arguments: dict[str, object] = {"inputs": ["esap:whatever"], "target": "SITE_B", **kwargs}
+    arguments: dict[str, Any] = {"inputs": ["esap:whatever"], "target": "SITE_B", **kwargs}
     with pytest.raises(FatalError, match=error):
-        data_staging(**arguments)  # type: ignore[arg-type]
+        data_staging(**arguments)
