@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from blocks.rucio import RucioStore
+from tests.servers.rucio import RucioServer
+
 CLI = str(Path(sys.executable).parent / "esap-prefect")
 
 
@@ -171,3 +176,27 @@ def test_a_port_in_use_is_a_clean_error(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         done = cli("demo", "--port", str(port), home=tmp_path, timeout=60)
     assert_clean_error(done, f"port {port} on 127.0.0.1 is already in use")
+
+
+def test_a_rucio_store_is_added_with_the_password_from_the_environment(
+    prefect_api: str, rucio_server: RucioServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["stores", "add", "rucio", "cli-lake", "--host", rucio_server.url]
+    args += ["--account", "root", "--username", rucio_server.user]
+    args += ["--archive-rse", "ESAP_ARCHIVE", "--lifetime", "3d", "--overwrite"]
+    monkeypatch.delenv("ESAP_RUCIO_PASSWORD", raising=False)
+    assert_clean_error(cli(*args, api=prefect_api), "set ESAP_RUCIO_PASSWORD")
+    monkeypatch.setenv("ESAP_RUCIO_PASSWORD", rucio_server.password)
+    done = cli(*args, api=prefect_api)
+    assert done.returncode == 0, done.stderr
+    assert "saved Rucio store 'cli-lake'" in done.stdout
+    listed = cli("stores", api=prefect_api)
+    assert f"cli-lake  (rucio)  {rucio_server.url}" in listed.stdout
+    assert "local  (local)" in listed.stdout
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    store = RucioStore.load("cli-lake")
+    assert store.rule_lifetime == 3 * 86400
+    rucio_server.seed_dataset("cli-ds", {"cli-ds/a": b"a"}, "ESAP_ARCHIVE")
+    assert [f.did for f in store.stage_in(["cli-ds"], "ESAP_ARCHIVE").files] == ["esap:cli-ds/a"]
+    bad = cli("stores", "add", "rucio", "x", "--archive-rse", "A", "--auth-type", "kerberos")
+    assert_clean_error(bad, "invalid Rucio store", "auth_type")
