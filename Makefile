@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench: $(STAMP)
 
 bench-dirac: $(STAMP)
 	$(BIN)/python bench/dirac.py
+
+bench-staging: $(STAMP)
+	$(BIN)/python bench/staging.py
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

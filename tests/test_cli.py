@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -194,7 +195,7 @@ def test_a_rucio_store_is_added_with_the_password_from_the_environment(
     assert f"cli-lake  (rucio)  {rucio_server.url}" in listed.stdout
     assert "local  (local)" in listed.stdout
     monkeypatch.setenv("PREFECT_API_URL", prefect_api)
-    store = RucioStore.load("cli-lake")
+    store = cast(RucioStore, RucioStore.load("cli-lake"))
     assert store.rule_lifetime == 3 * 86400
     rucio_server.seed_dataset("cli-ds", {"cli-ds/a": b"a"}, "ESAP_ARCHIVE")
     assert [f.did for f in store.stage_in(["cli-ds"], "ESAP_ARCHIVE").files] == ["esap:cli-ds/a"]

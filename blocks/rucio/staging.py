@@ -113,8 +113,11 @@ def _extend(client: Any, rule: dict[str, Any], lifetime: int | None) -> None:
         expires = datetime.fromisoformat(expires)
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=UTC)
-    wanted = None if lifetime is None else datetime.now(UTC) + timedelta(seconds=lifetime)
-    if wanted is None or expires < wanted:
+    if lifetime is None:
+        client.update_replication_rule(rule["id"], {"lifetime": None})
+        return
+    # a tenth of slack, so staging again right away does not rewrite the rule each time
+    if expires < datetime.now(UTC) + timedelta(seconds=0.9 * lifetime):
         client.update_replication_rule(rule["id"], {"lifetime": lifetime})
 
 
@@ -138,11 +141,14 @@ def wait_for_rules(
 ) -> StageProgress:
     """Poll the rules until all are OK; STUCK or the timeout is a StagingError listing files.
 
-    One request per rule and cycle; the interval grows by a quarter up to `max_interval`.
+    One request per rule and cycle: the first ten cycles `poll_interval` apart (staging
+    from nearby disk is quick), then growing by a quarter up to `max_interval`.
     """
     started = time.monotonic()
     interval = poll_interval
+    cycles = 0
     while True:
+        cycles += 1
         ok = replicating = stuck = 0
         stuck_rules = []
         all_ok = True
@@ -176,7 +182,8 @@ def wait_for_rules(
                 files,
             )
         time.sleep(min(interval, max(0.0, timeout - now.elapsed)))
-        interval = min(interval * 1.25, max_interval)
+        if cycles >= 10:
+            interval = min(interval * 1.25, max_interval)
 
 
 def replicas(client: Any, dids: Sequence[Did], rse: str | None) -> list[StagedFile]:
@@ -222,28 +229,31 @@ def complete_copies(client: Any, dids: Sequence[Did]) -> list[str]:
     return whole or ranked
 
 
-def download(client: Any, files: Sequence[StagedFile], dest: Path) -> list[StagedFile]:
-    """Download the files from their RSEs into `dest`/<scope>/<name>; checksums verified.
+def download(
+    client: Any, dids: Sequence[Did], files: Sequence[StagedFile], rse: str | None, dest: Path
+) -> list[StagedFile]:
+    """Download `files` (all of `dids`) from `rse` (any when None) into `dest`/<scope>/<name>.
 
-    Files already there and whole are not fetched again. Failures name every file.
+    One download item per DID, so rucio-clients resolves datasets in one call; checksums are
+    verified; files already there and whole are not fetched again. Failures name every file.
     """
     from rucio.client.downloadclient import DownloadClient
-    from rucio.common.exception import NoFilesDownloaded, NotAllFilesDownloaded
 
-    downloader = DownloadClient(client=client, logger=rucio_logger("download"), tracing=False)
-    items = [{"did": f.did, "rse": f.rse, "base_dir": str(dest)} for f in files]
     for item in files:
         # rucio-clients does not create the directories of names that hold a "/"
         (dest / item.did.replace(":", "/", 1)).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        results = downloader.download_dids(items, deactivate_file_download_exceptions=True)
-    except (NoFilesDownloaded, NotAllFilesDownloaded) as exc:  # pragma: no cover - guarded above
-        raise StagingError(f"download from Rucio failed: {exc}", [f.did for f in files]) from exc
+    downloader = DownloadClient(client=client, logger=rucio_logger("download"), tracing=False)
+    items = [
+        {"did": str(did), "rse": rse, "base_dir": str(dest / did.scope), "no_subdir": True}
+        for did in dict.fromkeys(dids)
+    ]
+    results = downloader.download_dids(items, deactivate_file_download_exceptions=True)
     by_did = {f"{r['scope']}:{r['name']}": r for r in results}
     failed = [
-        did for did, r in by_did.items() if r.get("clientState") not in ("DONE", "ALREADY_DONE")
+        f.did
+        for f in files
+        if by_did.get(f.did, {}).get("clientState") not in ("DONE", "ALREADY_DONE")
     ]
-    failed += [f.did for f in files if f.did not in by_did]
     if failed:
         raise StagingError(f"{len(failed)} file(s) could not be downloaded", sorted(failed))
     return [f.model_copy(update={"path": Path(by_did[f.did]["dest_file_paths"][0])}) for f in files]

@@ -243,7 +243,7 @@ class RucioStore(StoreBlock):
             )
             files = replicas(client, parsed, rse)
             if download_to is not None:
-                files = download(client, files, download_to)
+                files = download(client, parsed, files, rse, download_to)
         return StagedInputs(rse=rse, rules=rules, files=files)
 
     def locations(self, dids: Sequence[str]) -> list[str]:
@@ -260,7 +260,7 @@ class RucioStore(StoreBlock):
             raise FatalError("nothing to fetch: no data identifiers given")
         with self._client("download data") as client:
             resolve(client, parsed)
-            files = download(client, replicas(client, parsed, None), dest)
+            files = download(client, parsed, replicas(client, parsed, None), None, dest)
         return StagedInputs(rse="", rules=[], files=files)
 
     def check_rse(self, rse: str) -> None:
