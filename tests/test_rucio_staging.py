@@ -175,3 +175,19 @@ def test_a_bearer_token_is_used_and_a_refused_one_fails_at_once(
     with pytest.raises(CredentialsError, match="bearer token was refused") as caught:
         refused.stage_in(["esap:stagetoken"], "ESAP_ARCHIVE", timeout=10)
     assert "not-a-token" not in str(caught.value)
+
+
+def test_with_no_host_the_standard_rucio_config_is_used(
+    rucio_server: RucioServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(rucio_server, "stagecfg", 2)
+    monkeypatch.setenv("RUCIO_CONFIG", str(rucio_server.client_config(tmp_path / "rucio.cfg")))
+    plain = RucioStore(archive_rse="ESAP_ARCHIVE")
+    assert plain.locations(["esap:stagecfg"]) == ["ESAP_ARCHIVE"]
+    fetched = plain.fetch(["esap:stagecfg"], tmp_path / "got")
+    assert [f.path for f in fetched.files] == [
+        tmp_path / "got" / "esap" / "stagecfg" / "f000.dat",
+        tmp_path / "got" / "esap" / "stagecfg" / "f001.dat",
+    ]
+    assert fetched.rules == []
+    assert rules_of(rucio_server, "stagecfg") == []
