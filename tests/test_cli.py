@@ -80,7 +80,7 @@ def test_unknown_workflow_lists_the_known_ones() -> None:
     assert_clean_error(
         cli("run", "hello-universe"),
         "unknown workflow 'hello-universe'",
-        "known workflows: cta-mc-production, hello-world",
+        "known workflows: cta-mc-production, data-staging, hello-world",
     )
 
 
@@ -195,9 +195,13 @@ def test_a_rucio_store_is_added_with_the_password_from_the_environment(
     assert f"cli-lake  (rucio)  {rucio_server.url}" in listed.stdout
     assert "local  (local)" in listed.stdout
     monkeypatch.setenv("PREFECT_API_URL", prefect_api)
-    store = cast(RucioStore, RucioStore.load("cli-lake"))
-    assert store.rule_lifetime == 3 * 86400
-    rucio_server.seed_dataset("cli-ds", {"cli-ds/a": b"a"}, "ESAP_ARCHIVE")
-    assert [f.did for f in store.stage_in(["cli-ds"], "ESAP_ARCHIVE").files] == ["esap:cli-ds/a"]
+    try:
+        store = cast(RucioStore, RucioStore.load("cli-lake"))
+        assert store.rule_lifetime == 3 * 86400
+        rucio_server.seed_dataset("cli-ds", {"cli-ds/a": b"a"}, "ESAP_ARCHIVE")
+        staged = store.stage_in(["cli-ds"], "ESAP_ARCHIVE")
+        assert [f.did for f in staged.files] == ["esap:cli-ds/a"]
+    finally:
+        RucioStore.delete("cli-lake")  # other tests rely on 'the only saved Rucio store'
     bad = cli("stores", "add", "rucio", "x", "--archive-rse", "A", "--auth-type", "kerberos")
     assert_clean_error(bad, "invalid Rucio store", "auth_type")
