@@ -1,4 +1,4 @@
-"""The embedded stack: a Prefect server on SQLite, a process worker on the `local` pool.
+"""The embedded stack: a Prefect server on SQLite, a process worker, the ESAP gateway.
 
 Used by `esap-prefect up` (kept running) and `esap-prefect demo` (one run, then stopped).
 """
@@ -28,12 +28,24 @@ class EmbeddedStack:
     """
 
     def __init__(
-        self, home: Path, host: str = "127.0.0.1", port: int = 4200, pool: str = "local"
+        self,
+        home: Path,
+        host: str = "127.0.0.1",
+        port: int = 4200,
+        pool: str = "local",
+        gateway_port: int | None = 8600,
     ) -> None:
         self.home, self.host, self.port, self.pool = home, host, port, pool
+        self.gateway_port = gateway_port
         self.logs = home / "logs"
         self._server: subprocess.Popen[bytes] | None = None
         self._worker: subprocess.Popen[bytes] | None = None
+        self._gateway: subprocess.Popen[bytes] | None = None
+
+    @property
+    def gateway_url(self) -> str | None:
+        """The ESAP gateway (UWS, planner) of this stack, when it runs one."""
+        return None if self.gateway_port is None else f"http://{self.host}:{self.gateway_port}"
 
     @property
     def api_url(self) -> str:
@@ -56,11 +68,12 @@ class EmbeddedStack:
 
     def start(self, deploy: bool = True) -> None:
         """Start the server, prepare it, start the worker. Stops what it started on failure."""
-        if port_in_use(self.host, self.port):
-            raise StackError(
-                f"port {self.port} on {self.host} is already in use: stop what "
-                "listens there or choose another with --port"
-            )
+        for port, option in ((self.port, "--port"), (self.gateway_port, "--gateway-port")):
+            if port is not None and port_in_use(self.host, port):
+                raise StackError(
+                    f"port {port} on {self.host} is already in use: stop what "
+                    f"listens there or choose another with {option}"
+                )
         prefect = str(Path(sys.executable).parent / "prefect")
         try:
             self._server = spawn(
@@ -77,17 +90,37 @@ class EmbeddedStack:
                 self.logs / "worker.log",
                 self._env(),
             )
+            if self.gateway_port is not None:
+                self._gateway = spawn(
+                    [sys.executable, "-m", "gateway.app"],
+                    self.logs / "gateway.log",
+                    {
+                        **self._env(),
+                        "ESAP_GATEWAY_HOST": self.host,
+                        "ESAP_GATEWAY_PORT": str(self.gateway_port),
+                    },
+                )
+                wait_http_ok(
+                    f"{self.gateway_url}/uws/availability",
+                    self._gateway,
+                    self.logs / "gateway.log",
+                    60,
+                )
         except (ProcessError, RuntimeError, OSError) as exc:
             self.stop()
             raise StackError(f"the embedded stack did not start: {exc}") from exc
-        stack_file().write_text(json.dumps({"api_url": self.api_url, "pid": os.getpid()}))
+        stack_file().write_text(
+            json.dumps(
+                {"api_url": self.api_url, "gateway_url": self.gateway_url, "pid": os.getpid()}
+            )
+        )
 
     def stop(self) -> None:
-        """Stop the worker, then the server (TERM, KILL after a timeout), leaving nothing."""
-        for process in (self._worker, self._server):
+        """Stop the gateway, the worker, then the server (TERM, KILL later), leaving nothing."""
+        for process in (self._gateway, self._worker, self._server):
             if process is not None:
                 stop_group(process)
-        self._worker = self._server = None
+        self._gateway = self._worker = self._server = None
         path = stack_file()
         if path.exists() and json.loads(path.read_text()).get("pid") == os.getpid():
             path.unlink()

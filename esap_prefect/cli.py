@@ -36,6 +36,9 @@ app = typer.Typer(
 
 HostOption = Annotated[str, typer.Option(help="Address the Prefect server listens on.")]
 PortOption = Annotated[int, typer.Option(help="Port of the Prefect server (API and UI).")]
+GatewayPortOption = Annotated[
+    int, typer.Option(help="Port of the ESAP gateway (UWS jobs, Execution Planner).")
+]
 
 
 class UserError(Exception):
@@ -324,13 +327,13 @@ def plan(
 
 
 @contextmanager
-def _stack(host: str, port: int) -> Iterator[Any]:
+def _stack(host: str, port: int, gateway_port: int) -> Iterator[Any]:
     os.environ["PREFECT_API_URL"] = f"http://{host}:{port}/api"
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.stack import EmbeddedStack, StackError
 
-    stack = EmbeddedStack(home(), host=host, port=port)
+    stack = EmbeddedStack(home(), host=host, port=port, gateway_port=gateway_port)
     with _user_errors(), temporary_settings({PREFECT_API_URL: stack.api_url}):
         try:
             stack.start()
@@ -343,7 +346,9 @@ def _stack(host: str, port: int) -> Iterator[Any]:
 
 
 @app.command()
-def demo(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
+def demo(
+    host: HostOption = "127.0.0.1", port: PortOption = 4200, gateway_port: GatewayPortOption = 8600
+) -> None:
     """Start the embedded stack, run Hello World through its deployment, stop everything."""
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
@@ -351,7 +356,7 @@ def demo(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
     from flows.registry import get_workflow
 
     wf = get_workflow("hello-world")
-    with _stack(host, port) as stack:
+    with _stack(host, port, gateway_port) as stack:
         typer.echo(f"Prefect server up at {stack.ui_url}; running {wf.deployment} ...", err=True)
         flow_run = cast(FlowRun, run_deployment(wf.deployment, timeout=600, poll_interval=1))
         link = f"{stack.ui_url}/runs/flow-run/{flow_run.id}"
@@ -368,16 +373,29 @@ def demo(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
 
 
 @app.command()
-def up(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
+def up(
+    host: HostOption = "127.0.0.1", port: PortOption = 4200, gateway_port: GatewayPortOption = 8600
+) -> None:
     """Start the embedded stack and keep it running until Ctrl-C or SIGTERM."""
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    with _stack(host, port) as stack:
+    with _stack(host, port, gateway_port) as stack:
         typer.echo(
             f"esap-prefect is up.\n  Prefect UI:  {stack.ui_url}\n"
-            f"  Prefect API: {stack.api_url}\n  home:        {home()}\n"
+            f"  Prefect API: {stack.api_url}\n"
+            f"  gateway:     {stack.gateway_url}  (UWS at /uws/jobs, token: esap-prefect token)\n"
+            f"  home:        {home()}\n"
             "Press Ctrl-C to stop."
         )
         stopping.wait()
         typer.echo("stopping ...", err=True)
+
+
+@app.command()
+def token() -> None:
+    """Print the gateway's bearer token for the local user (created on first use)."""
+    from gateway.auth import local_token
+    from gateway.settings import GatewaySettings
+
+    typer.echo(local_token(GatewaySettings()))

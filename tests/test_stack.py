@@ -45,7 +45,7 @@ def _leftovers(home: Path, port: int) -> list[str]:
 def test_demo_runs_hello_world_through_a_deployment_and_stops_everything(tmp_path: Path) -> None:
     port = free_port()
     done = subprocess.run(
-        [CLI, "demo", "--port", str(port)],
+        [CLI, "demo", "--port", str(port), "--gateway-port", str(free_port())],
         capture_output=True,
         text=True,
         env=_env(tmp_path),
@@ -67,7 +67,7 @@ def test_demo_runs_hello_world_through_a_deployment_and_stops_everything(tmp_pat
 def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
     up = subprocess.Popen(
-        [CLI, "up", "--port", str(port)],
+        [CLI, "up", "--port", str(port), "--gateway-port", str(free_port())],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

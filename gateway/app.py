@@ -1,0 +1,62 @@
+"""The gateway's FastAPI application: UWS routes, authentication, the Prefect sync loop.
+
+`create_app()` builds it; `serve()` runs it with uvicorn (as `esap-prefect up` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from prefect.client.orchestration import get_client
+
+from gateway.auth import Authenticator
+from gateway.routes_uws import router as uws_router
+from gateway.service import JobService
+from gateway.settings import GatewaySettings
+from gateway.store import JobStore
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """The gateway application; the Prefect API is the one PREFECT_API_URL names."""
+    config = settings or GatewaySettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = JobStore(config.database)
+        async with get_client() as client:
+            service = JobService(store, client, config)
+            app.state.service = service
+            sync = asyncio.create_task(service.sync_forever())
+            try:
+                yield
+            finally:
+                sync.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sync
+                store.close()
+
+    app = FastAPI(
+        title="esap-prefect gateway",
+        description="IVOA UWS 1.1 jobs (and ESAP's django-uws JSON) over Prefect deployments.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = config
+    app.state.authenticator = Authenticator(config)
+    app.include_router(uws_router)
+    return app
+
+
+def serve(settings: GatewaySettings | None = None) -> None:
+    """Run the gateway until interrupted."""
+    import uvicorn
+
+    config = settings or GatewaySettings()
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    serve()

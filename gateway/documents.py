@@ -1,0 +1,138 @@
+"""UWS 1.1 documents (vo-models' pydantic-xml models) and django-uws JSON for gateway jobs.
+
+Both views come from the same `JobRecord`; the job token never appears in either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_xml import BaseXmlModel, element
+from vo_models.uws import (
+    ErrorSummary,
+    Jobs,
+    JobSummary,
+    Parameter,
+    ResultReference,
+    Results,
+    ShortJobDescription,
+)
+from vo_models.uws.models import NSMAP
+from vo_models.uws.types import ErrorType, ExecutionPhase
+from vo_models.vosi.availability import Availability
+
+from gateway.store import JobRecord
+
+
+class JobParameters(BaseXmlModel, tag="parameters", ns="uws", nsmap=NSMAP):
+    """A job's parameters, whatever their names."""
+
+    parameter: list[Parameter] = element(tag="parameter", default_factory=list)
+
+
+def _parameters(job: JobRecord) -> JobParameters:
+    return JobParameters(parameter=[Parameter(id=k, value=v) for k, v in job.parameters.items()])
+
+
+def _results(job: JobRecord) -> Results:
+    return Results(
+        results=[
+            ResultReference(id=r.id, href=r.href, size=r.size, mime_type=r.mime_type)
+            for r in job.results
+        ]
+    )
+
+
+def _error(job: JobRecord) -> ErrorSummary | None:
+    if job.error_message is None or job.phase.value not in ("ERROR", "ABORTED"):
+        return None
+    kind = ErrorType.TRANSIENT if job.error_type == "transient" else ErrorType.FATAL
+    return ErrorSummary(message=job.error_message, type=kind, has_detail=False)
+
+
+def job_xml(job: JobRecord) -> bytes:
+    """The `uws:job` document."""
+    document = JobSummary[JobParameters](
+        job_id=job.job_id,
+        run_id=job.run_id,
+        owner_id=job.owner,
+        phase=ExecutionPhase(job.phase.value),
+        creation_time=job.creation_time,
+        start_time=job.start_time,
+        end_time=job.end_time,
+        execution_duration=job.execution_duration,
+        destruction=job.destruction,
+        parameters=_parameters(job),
+        results=_results(job),
+        error_summary=_error(job),
+    )
+    return _xml(document)
+
+
+def jobs_xml(jobs: list[JobRecord], base_url: str) -> bytes:
+    """The `uws:jobs` list."""
+    document = Jobs(
+        jobref=[
+            ShortJobDescription(
+                job_id=j.job_id,
+                href=f"{base_url}/uws/jobs/{j.job_id}",
+                phase=ExecutionPhase(j.phase.value),
+                run_id=j.run_id,
+                owner_id=j.owner,
+                creation_time=j.creation_time,
+            )
+            for j in jobs
+        ]
+    )
+    return _xml(document)
+
+
+def parameters_xml(job: JobRecord) -> bytes:
+    """The `uws:parameters` document."""
+    return _xml(_parameters(job))
+
+
+def results_xml(job: JobRecord) -> bytes:
+    """The `uws:results` document."""
+    return _xml(_results(job))
+
+
+def availability_xml(available: bool, note: str) -> bytes:
+    """A VOSI availability answer."""
+    return _xml(Availability(available=available, note=[note]))
+
+
+def _xml(document: BaseXmlModel) -> bytes:
+    xml = document.to_xml(encoding="UTF-8", xml_declaration=True)
+    return xml if isinstance(xml, bytes) else xml.encode()
+
+
+def job_json(job: JobRecord, base_url: str) -> dict[str, Any]:
+    """The job in django-uws's field names (ESAP's GUI reads these)."""
+
+    def stamp(value: Any) -> str | None:
+        return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+    error = _error(job)
+    return {
+        "url": f"{base_url}/uws/jobs/{job.job_id}/",
+        "jobId": job.job_id,
+        "runId": job.run_id,
+        "ownerId": job.owner,
+        "phase": job.phase.value,
+        "quote": None,
+        "creationTime": stamp(job.creation_time),
+        "startTime": stamp(job.start_time),
+        "endTime": stamp(job.end_time),
+        "executionDuration": job.execution_duration,
+        "destruction": stamp(job.destruction),
+        "errorSummary": None if error is None else error.message,
+        "parameters": [
+            {"key": k, "value": v, "byReference": False, "isPost": True}
+            for k, v in job.parameters.items()
+        ],
+        "results": [
+            {"key": r.id, "value": r.href, "size": r.size, "mimeType": r.mime_type}
+            for r in job.results
+        ],
+    }

@@ -1,0 +1,200 @@
+"""The gateway's job table (SQLite): one row per UWS job, phases cached from Prefect.
+
+Reads never reach Prefect: a sync loop copies flow-run states here in bulk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from blocks.states import UWSPhase
+
+ACTIVE = (UWSPhase.QUEUED, UWSPhase.EXECUTING, UWSPhase.HELD, UWSPhase.SUSPENDED)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    run_id TEXT,
+    phase TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    flow_parameters TEXT NOT NULL,
+    creation_time TEXT NOT NULL,
+    start_time TEXT,
+    end_time TEXT,
+    execution_duration INTEGER NOT NULL DEFAULT 0,
+    destruction TEXT NOT NULL,
+    error_type TEXT,
+    error_message TEXT,
+    results TEXT NOT NULL DEFAULT '[]',
+    flow_run_id TEXT,
+    token_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, creation_time);
+CREATE INDEX IF NOT EXISTS jobs_phase ON jobs (phase);
+"""
+
+
+class Result(BaseModel):
+    """One result of a job: an archived output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    href: str
+    size: int | None = None
+    mime_type: str | None = None
+    location: str | None = None
+
+
+class JobRecord(BaseModel):
+    """One UWS job as the gateway keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    owner: str
+    workflow: str
+    run_id: str | None
+    phase: UWSPhase
+    parameters: dict[str, str]
+    flow_parameters: dict[str, Any]
+    creation_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    execution_duration: int
+    destruction: datetime
+    error_type: str | None
+    error_message: str | None
+    results: list[Result]
+    flow_run_id: str | None
+    token_hash: str | None
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _row(row: sqlite3.Row) -> JobRecord:
+    data = dict(row)
+    return JobRecord(
+        **{
+            **data,
+            "parameters": json.loads(data["parameters"]),
+            "flow_parameters": json.loads(data["flow_parameters"]),
+            "results": json.loads(data["results"]),
+            "creation_time": _time(data["creation_time"]),
+            "start_time": _time(data["start_time"]),
+            "end_time": _time(data["end_time"]),
+            "destruction": _time(data["destruction"]),
+        }
+    )
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, UWSPhase):
+        return value.value
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return json.dumps([v.model_dump() if isinstance(v, BaseModel) else v for v in value])
+    return value
+
+
+class JobStore:
+    """The job table; thread-safe, one connection, WAL journal."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def insert(self, job: JobRecord) -> None:
+        """Add a new job."""
+        values = {k: _value(getattr(job, k)) for k in JobRecord.model_fields}
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._lock:
+            self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", list(values.values()))
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        """Change some fields of one job."""
+        if not changes:
+            return
+        sets = ", ".join(f"{name} = ?" for name in changes)
+        args = [_value(v) for v in changes.values()]
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*args, job_id])
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """One job, or None."""
+        rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return _row(rows[0]) if rows else None
+
+    def delete(self, job_id: str) -> None:
+        """Forget one job."""
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    def find(
+        self,
+        owner: str,
+        phases: Iterable[UWSPhase] = (),
+        after: datetime | None = None,
+        last: int | None = None,
+    ) -> list[JobRecord]:
+        """The owner's jobs, newest first; ARCHIVED ones only when asked for by phase."""
+        wanted = [p.value for p in phases]
+        sql = "SELECT * FROM jobs WHERE owner = ?"
+        args: list[Any] = [owner]
+        if wanted:
+            sql += f" AND phase IN ({', '.join('?' for _ in wanted)})"
+            args += wanted
+        else:
+            sql += " AND phase != ?"
+            args.append(UWSPhase.ARCHIVED.value)
+        if after is not None:
+            sql += " AND creation_time > ?"
+            args.append(_value(after))
+        sql += " ORDER BY creation_time DESC, rowid DESC"
+        if last is not None:
+            sql += " LIMIT ?"
+            args.append(last)
+        return [_row(r) for r in self._query(sql, args)]
+
+    def active(self) -> list[JobRecord]:
+        """Jobs whose flow run may still change."""
+        marks = ", ".join("?" for _ in ACTIVE)
+        sql = f"SELECT * FROM jobs WHERE flow_run_id IS NOT NULL AND phase IN ({marks})"
+        return [_row(r) for r in self._query(sql, [p.value for p in ACTIVE])]
+
+    def expired(self, now: datetime) -> list[JobRecord]:
+        """Jobs past their destruction time."""
+        return [
+            _row(r) for r in self._query("SELECT * FROM jobs WHERE destruction < ?", (_value(now),))
+        ]

@@ -1,0 +1,302 @@
+"""The ESAP gateway over real HTTP, with a real Prefect server, worker and deployments behind it.
+
+One `esap-prefect up` for the module; clients: httpx, pyvo's UWS parser and AsyncTAPJob.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import httpx
+import pytest
+import requests
+import xmlschema
+from pyvo.dal.tap import AsyncTAPJob
+from pyvo.io.uws import parse_job, parse_job_list
+
+from deployments.processes import free_port
+
+CLI = str(Path(sys.executable).parent / "esap-prefect")
+XSD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ivoa-uws-1.1" / "UWS.xsd"
+
+
+class Gateway:
+    """A running gateway: its URL and an authenticated client."""
+
+    def __init__(self, url: str, token: str, home: Path) -> None:
+        self.url, self.token, self.home = url, token, home
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
+        )
+
+    def create(self, follow: bool = False, **params: Any) -> str:
+        answer = self.http.post("/uws/jobs", data={k: str(v) for k, v in params.items()})
+        assert answer.status_code == 303, answer.text
+        location = answer.headers["location"]
+        assert location.startswith(f"{self.url}/uws/jobs/")
+        return location.rsplit("/", 1)[-1]
+
+    def wait_final(self, job_id: str, timeout: float = 180) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.http.get(f"/uws/jobs/{job_id}", params={"WAIT": 10})
+            job = parse_job(io.BytesIO(answer.content))
+            if job.phase in ("COMPLETED", "ERROR", "ABORTED"):
+                return job
+        raise AssertionError(f"job {job_id} not final after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def schema() -> xmlschema.XMLSchema:
+    return xmlschema.XMLSchema(str(XSD))
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    home = tmp_path_factory.mktemp("gateway-home")
+    port, gateway_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["ESAP_PREFECT_HOME"] = str(home)
+    env["ESAP_GATEWAY_SYNC_SECONDS"] = "0.2"
+    up = subprocess.Popen(
+        [CLI, "up", "--port", str(port), "--gateway-port", str(gateway_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (home / "stack.json").exists():
+            assert up.poll() is None, up.communicate()
+            assert time.monotonic() < deadline, "up did not come up"
+            time.sleep(0.5)
+        token = subprocess.run(
+            [CLI, "token"], capture_output=True, text=True, env=env, check=True
+        ).stdout.strip()
+        yield Gateway(f"http://127.0.0.1:{gateway_port}", token, home)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.communicate(timeout=120)
+
+
+def test_every_request_needs_a_valid_bearer_token(gateway: Gateway) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
+        answer = httpx.get(f"{gateway.url}/uws/jobs", headers=headers)
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert (gateway.home / "token").stat().st_mode & 0o077 == 0
+
+
+def test_hello_world_runs_as_a_uws_job_and_every_document_validates(
+    gateway: Gateway, schema: xmlschema.XMLSchema
+) -> None:
+    job_id = gateway.create(
+        workflow="hello-world", Parameter1=7, parameter4="from-uws", PHASE="RUN"
+    )
+    job = gateway.wait_final(job_id)
+    assert job.phase == "COMPLETED", gateway.http.get(f"/uws/jobs/{job_id}/error").text
+    document = gateway.http.get(f"/uws/jobs/{job_id}")
+    schema.validate(document.text)
+    assert document.headers["content-type"].startswith("application/xml")
+    params = {p.id_: p.content for p in job.parameters}
+    assert params["workflow"] == "hello-world" and params["Parameter1"] == "7"
+    [result] = job.results
+    assert result.id_.endswith("/output.json")
+    output = gateway.http.get(result.href)
+    assert output.status_code == 200
+    assert output.json()["Parameter1"] == 7 and output.json()["Parameter4"] == "from-uws"
+    assert output.json()["type"] == "batch.submit"
+    for part in ("parameters", "results"):
+        schema.validate(gateway.http.get(f"/uws/jobs/{job_id}/{part}").text)
+    assert gateway.http.get(f"/uws/jobs/{job_id}/phase").text == "COMPLETED"
+    assert gateway.http.get(f"/uws/jobs/{job_id}/owner").text == job.ownerid
+    listing = gateway.http.get("/uws/jobs", params={"PHASE": "COMPLETED"})
+    schema.validate(listing.text)
+    assert job_id in [j.jobid for j in parse_job_list(io.BytesIO(listing.content))]
+
+
+def test_bad_parameters_are_refused_with_the_name_and_nothing_starts(gateway: Gateway) -> None:
+    before = gateway.http.get("/uws/jobs").text
+    cases = [
+        ({"workflow": "hello-world", "Parameter1": "many"}, "Parameter1"),
+        ({"workflow": "hello-world", "Parameter9": "x"}, "Parameter9"),
+        ({"workflow": "no-such-flow"}, "unknown workflow 'no-such-flow'"),
+        ({"Parameter1": "3"}, "parameter workflow (or ESAP's type)"),
+    ]
+    for params, message in cases:
+        answer = gateway.http.post("/uws/jobs", data={**params, "PHASE": "RUN"})
+        assert answer.status_code == 400 and message in answer.json()["detail"], answer.text
+    assert gateway.http.get("/uws/jobs").text == before
+
+
+def test_phases_change_only_as_the_standard_allows(gateway: Gateway) -> None:
+    job_id = gateway.create(type="batch.submit")
+    assert gateway.http.get(f"/uws/jobs/{job_id}/phase").text == "PENDING"
+    assert (
+        gateway.http.post(
+            f"/uws/jobs/{job_id}/executionduration", data={"EXECUTIONDURATION": "600"}
+        ).status_code
+        == 303
+    )
+    assert gateway.http.get(f"/uws/jobs/{job_id}/executionduration").text == "600"
+    assert (
+        gateway.http.post(f"/uws/jobs/{job_id}/parameters", data={"Parameter2": "9"}).status_code
+        == 303
+    )
+    assert (
+        gateway.http.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "COMPLETE"}).status_code
+        == 400
+    )
+    assert gateway.http.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "RUN"}).status_code == 303
+    assert gateway.http.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "RUN"}).status_code == 400
+    job = gateway.wait_final(job_id)
+    assert job.phase == "COMPLETED"
+    assert (
+        gateway.http.post(f"/uws/jobs/{job_id}/parameters", data={"Parameter2": "1"}).status_code
+        == 400
+    )
+    assert (
+        gateway.http.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "ABORT"}).status_code == 400
+    )
+    result = gateway.http.get(job.results[0].href).json()
+    assert result["Parameter2"] == 9
+
+
+def test_wait_blocks_until_the_phase_changes(gateway: Gateway) -> None:
+    job_id = gateway.create(workflow="hello-world")
+    started = time.monotonic()
+    pending = gateway.http.get(f"/uws/jobs/{job_id}", params={"WAIT": 3})
+    assert time.monotonic() - started < 5  # PENDING waits too, up to WAIT
+    assert parse_job(io.BytesIO(pending.content)).phase == "PENDING"
+    gateway.http.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "RUN"})
+    started = time.monotonic()
+    moved = gateway.http.get(f"/uws/jobs/{job_id}", params={"WAIT": 60, "PHASE": "QUEUED"})
+    assert parse_job(io.BytesIO(moved.content)).phase != "QUEUED"
+    assert time.monotonic() - started < 55
+    final = gateway.wait_final(job_id)
+    started = time.monotonic()
+    again = gateway.http.get(f"/uws/jobs/{job_id}", params={"WAIT": 30})
+    assert time.monotonic() - started < 2, "a final job answers at once"
+    assert parse_job(io.BytesIO(again.content)).phase == final.phase
+
+
+def test_pyvo_asynctapjob_runs_waits_reads_and_deletes(gateway: Gateway) -> None:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {gateway.token}"
+    job_id = gateway.create(workflow="hello-world", Parameter5="pyvo")
+    job = AsyncTAPJob(f"{gateway.url}/uws/jobs/{job_id}", session=session)
+    assert job.phase == "PENDING"
+    job.run()
+    job.wait(timeout=180)
+    assert job.phase == "COMPLETED"
+    [uri] = job.result_uris
+    assert session.get(uri).json()["Parameter5"] == "pyvo"
+    job.delete()
+    assert gateway.http.get(f"/uws/jobs/{job_id}").status_code == 404
+
+
+def test_delete_and_action_delete_send_the_client_to_the_list(gateway: Gateway) -> None:
+    first, second = gateway.create(workflow="hello-world"), gateway.create(workflow="hello-world")
+    gone = gateway.http.delete(f"/uws/jobs/{first}")
+    assert gone.status_code == 303 and gone.headers["location"] == f"{gateway.url}/uws/jobs"
+    posted = gateway.http.post(f"/uws/jobs/{second}", data={"ACTION": "DELETE"})
+    assert posted.status_code == 303
+    for job_id in (first, second):
+        assert gateway.http.get(f"/uws/jobs/{job_id}").status_code == 404
+    assert gateway.http.post(f"/uws/jobs/{first}", data={"ACTION": "RUN"}).status_code == 404
+
+
+def test_job_list_filters_after_and_last(gateway: Gateway) -> None:
+    ids = [gateway.create(workflow="hello-world") for _ in range(3)]
+    last_two = parse_job_list(io.BytesIO(gateway.http.get("/uws/jobs", params={"LAST": 2}).content))
+    assert [j.jobid for j in last_two] == [ids[2], ids[1]]
+
+    def listed(**params: str) -> set[str]:
+        answer = gateway.http.get("/uws/jobs", params=params)
+        return {j.jobid for j in parse_job_list(io.BytesIO(answer.content))}
+
+    created = parse_job(io.BytesIO(gateway.http.get(f"/uws/jobs/{ids[0]}").content)).creationtime
+    before = (created.datetime - timedelta(seconds=1)).isoformat() + "Z"
+    assert set(ids) <= listed(AFTER=before, PHASE="PENDING")
+    assert not set(ids) & listed(AFTER="2999-01-01T00:00:00Z")
+    assert not set(ids) & listed(PHASE="COMPLETED")
+    assert gateway.http.get("/uws/jobs", params={"AFTER": "yesterday"}).status_code == 400
+    assert gateway.http.get("/uws/jobs", params={"PHASE": "SLEEPING"}).status_code == 400
+
+
+def test_the_django_uws_json_dialect(gateway: Gateway) -> None:
+    answer = gateway.http.post(
+        "/uws/jobs/",
+        json={
+            "parameters": [
+                {"key": "type", "value": "batch.submit"},
+                {"key": "Parameter3", "value": "5"},
+            ]
+        },
+    )
+    assert answer.status_code == 303
+    job = answer.json()
+    assert job["phase"] == "PENDING" and "jobToken" not in job
+    assert {
+        "jobId",
+        "runId",
+        "ownerId",
+        "creationTime",
+        "startTime",
+        "endTime",
+        "executionDuration",
+        "destruction",
+        "errorSummary",
+        "parameters",
+        "results",
+    } <= set(job)
+    assert {"key": "Parameter3", "value": "5", "byReference": False, "isPost": True} in job[
+        "parameters"
+    ]
+    job_id = job["jobId"]
+    ran = gateway.http.post(f"/uws/jobs/{job_id}/phase/", json={"PHASE": "RUN"})
+    assert ran.status_code == 303 and ran.json()["phase"] == "QUEUED"
+    gateway.wait_final(job_id)
+    done = gateway.http.get(f"/uws/jobs/{job_id}/", headers={"Accept": "application/json"}).json()
+    assert done["phase"] == "COMPLETED" and done["results"][0]["mimeType"] == "application/json"
+    listed = gateway.http.get("/uws/jobs/", headers={"Accept": "application/json"}).json()
+    assert job_id in [j["jobId"] for j in listed]
+    assert (
+        gateway.http.post(
+            "/uws/jobs/", content=b"{not json", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
+
+
+def test_a_job_token_that_was_never_issued_is_refused(gateway: Gateway) -> None:
+    job_id = gateway.create(workflow="hello-world")
+    forged = httpx.post(
+        f"{gateway.url}/uws/jobs/{job_id}/phase/",
+        json={"PHASE": "COMPLETE"},
+        headers={"Authorization": "Token " + "0" * 40},
+    )
+    assert forged.status_code == 403
+    assert gateway.http.get(f"/uws/jobs/{job_id}/phase").text == "PENDING"
+
+
+def test_availability_and_openapi(gateway: Gateway) -> None:
+    answer = httpx.get(f"{gateway.url}/uws/availability")
+    assert answer.status_code == 200
+    root = ElementTree.fromstring(answer.content)
+    vosi = "{http://www.ivoa.net/xml/VOSIAvailability/v1.0}"
+    assert root.tag == f"{vosi}availability"
+    assert root.findtext(f"{vosi}available") == "true"
+    spec = httpx.get(f"{gateway.url}/openapi.json").json()
+    assert {"/uws/jobs", "/uws/jobs/{job_id}", "/uws/jobs/{job_id}/phase"} <= set(spec["paths"])
