@@ -6,6 +6,7 @@ One `esap-prefect up` for the module; clients: httpx, pyvo's UWS parser and Asyn
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -18,13 +19,17 @@ from typing import Any
 from xml.etree import ElementTree
 
 import httpx
+import jwt
 import pytest
 import requests
 import xmlschema
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from pyvo.dal.tap import AsyncTAPJob
 from pyvo.io.uws import parse_job, parse_job_list
 
 from deployments.processes import free_port
+from tests.servers.vo import VoService
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
 XSD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ivoa-uws-1.1" / "UWS.xsd"
@@ -61,13 +66,38 @@ def schema() -> xmlschema.XMLSchema:
     return xmlschema.XMLSchema(str(XSD))
 
 
+class Issuer:
+    """An OIDC issuer as ESCAPE IAM would be: an RSA key whose JWKS a VO-style server serves."""
+
+    def __init__(self, vo: VoService) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        keys = {"keys": [{**jwk, "kid": "test-key", "use": "sig", "alg": "RS256"}]}
+        self.jwks_url = vo.file("oidc/jwks.json", json.dumps(keys).encode())
+        self.issuer = "https://iam.escape.test/"
+
+    def token(self, subject: str, lifetime: float = 300, **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": self.issuer, "sub": subject, "aud": "esap", "iat": now}
+        body |= {"exp": now + int(lifetime), **claims}
+        return jwt.encode(body, self.key, algorithm="RS256", headers={"kid": "test-key"})
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def issuer(vo: VoService) -> Issuer:
+    return Issuer(vo)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[Gateway]:
     home = tmp_path_factory.mktemp("gateway-home")
     port, gateway_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["ESAP_PREFECT_HOME"] = str(home)
     env["ESAP_GATEWAY_SYNC_SECONDS"] = "0.2"
+    env["ESAP_GATEWAY_OIDC_ISSUER"] = issuer.issuer
+    env["ESAP_GATEWAY_OIDC_JWKS_URL"] = issuer.jwks_url
+    env["ESAP_GATEWAY_OIDC_AUDIENCE"] = "esap"
     up = subprocess.Popen(
         [CLI, "up", "--port", str(port), "--gateway-port", str(gateway_port)],
         stdout=subprocess.PIPE,
@@ -300,3 +330,32 @@ def test_availability_and_openapi(gateway: Gateway) -> None:
     assert root.findtext(f"{vosi}available") == "true"
     spec = httpx.get(f"{gateway.url}/openapi.json").json()
     assert {"/uws/jobs", "/uws/jobs/{job_id}", "/uws/jobs/{job_id}/phase"} <= set(spec["paths"])
+
+
+def test_oidc_users_see_and_touch_only_their_own_jobs(gateway: Gateway, issuer: Issuer) -> None:
+    def client(token: str) -> httpx.Client:
+        return httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"})
+
+    alice, bob = client(issuer.token("alice")), client(issuer.token("bob"))
+    made = alice.post("/uws/jobs", data={"workflow": "hello-world"})
+    assert made.status_code == 303
+    job_id = made.headers["location"].rsplit("/", 1)[-1]
+    assert alice.get(f"/uws/jobs/{job_id}/owner").text == "alice"
+    assert job_id not in bob.get("/uws/jobs").text
+    assert job_id not in gateway.http.get("/uws/jobs").text
+    for answer in (
+        bob.get(f"/uws/jobs/{job_id}"),
+        bob.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "RUN"}),
+        bob.delete(f"/uws/jobs/{job_id}"),
+        gateway.http.get(f"/uws/jobs/{job_id}/parameters"),
+    ):
+        assert answer.status_code == 403, answer.text
+    assert alice.get(f"/uws/jobs/{job_id}/phase").text == "PENDING"
+    for bad in (
+        issuer.token("alice", lifetime=-60),
+        issuer.token("alice", aud="someone-else"),
+        issuer.token("alice", iss="https://evil.test/"),
+        issuer.token("alice")[:-4] + "AAAA",
+    ):
+        assert client(bad).get("/uws/jobs").status_code == 401
+    assert alice.delete(f"/uws/jobs/{job_id}").status_code == 303
