@@ -19,7 +19,14 @@ from blocks.archive import ArchivedFile
 from blocks.jobs import InputFile, JobArray, JobRef, JobSpec, OutputFile
 from blocks.registry import load_store
 from blocks.states import JobState
-from flows.pipeline import PAYLOADS, JobReport, PipelineResult, execute, job_prefix
+from flows.pipeline import (
+    PAYLOADS,
+    JobReport,
+    PipelineResult,
+    cancel_facility_jobs,
+    execute,
+    job_prefix,
+)
 from planner.models import PlanResponse, Resources, TaskRequest, TaskType
 from tasks.archive import find_archived
 
@@ -154,7 +161,12 @@ def _summary(config: ProductionConfig, result: CTAMCResult) -> str:
     return "\n".join(lines)
 
 
-@flow(name=WORKFLOW, persist_result=True, result_serializer="json")
+@flow(
+    name=WORKFLOW,
+    persist_result=True,
+    result_serializer="json",
+    on_cancellation=[cancel_facility_jobs],
+)
 def cta_mc_production(
     site: Site = Site.PARANAL,
     particle: Particle = Particle.GAMMA,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks.archive import ArchivedFile
 from blocks.jobs import InputFile, JobSpec
-from flows.pipeline import PAYLOADS, JobReport, execute, job_prefix
+from flows.pipeline import PAYLOADS, JobReport, cancel_facility_jobs, execute, job_prefix
 from planner.models import PlanResponse, Resources, TaskRequest, TaskType
 
 OUTPUT_FILE = "output.json"
@@ -32,7 +32,12 @@ class HelloWorldResult(BaseModel):
     archived: list[ArchivedFile]
 
 
-@flow(name="hello-world", persist_result=True, result_serializer="json")
+@flow(
+    name="hello-world",
+    persist_result=True,
+    result_serializer="json",
+    on_cancellation=[cancel_facility_jobs],
+)
 def hello_world(
     Parameter1: int = 1,
     Parameter2: int = 2,

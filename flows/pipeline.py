@@ -5,9 +5,14 @@ Workflows build a task request and job specs; this module runs them and reports 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from prefect import Flow
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
@@ -117,6 +122,44 @@ def _grouped(specs: Sequence[JobSpec] | JobArray, group: str) -> list[JobSpec] |
     return [s.model_copy(update={"group": s.group or group}) for s in specs]
 
 
+def _jobs_record(workflow: str, run_id: str) -> Path:
+    return home() / "runs" / workflow / run_id / "jobs.json"
+
+
+def _remember_jobs(workflow: str, facility: str, refs: Sequence[JobRef]) -> None:
+    """Write down which facility jobs this flow run owns, for the cancellation hook."""
+    path = _jobs_record(workflow, flow_run.get_id() or "local")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"facility": facility, "refs": [r.model_dump(mode="json") for r in refs]}
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record))
+    partial.replace(path)
+
+
+def cancel_facility_jobs(
+    flow: Flow[..., Any],
+    flow_run: FlowRun,
+    state: State[Any],
+) -> None:
+    """on_cancellation hook: cancel the facility jobs of a cancelled flow run (UWS ABORT).
+
+    Prefect's worker runs it after stopping the flow process; the jobs themselves (local
+    process groups, DIRAC jobs) would otherwise run on.
+    """
+    path = _jobs_record(flow.name, str(flow_run.id))
+    if not path.exists():
+        return
+    record = json.loads(path.read_text())
+    refs = [JobRef.model_validate(r) for r in record["refs"]]
+    statuses = load_facility(record["facility"]).cancel(refs)
+    flow_run_logger(flow_run).info(
+        "cancelled %d job(s) on %s: %s",
+        len(refs),
+        record["facility"],
+        ", ".join(f"{s.ref.name} {s.state.value}" for s in statuses[:10]),
+    )
+
+
 def _with_inputs(
     specs: Sequence[JobSpec] | JobArray, extra: Sequence[InputFile]
 ) -> Sequence[JobSpec] | JobArray:
@@ -188,6 +231,7 @@ def execute(
     archive_to = load_store(store)
     specs = _grouped(_with_inputs(make_specs(answer), extra), job_prefix(workflow))
     refs = submit_jobs(chosen, specs)
+    _remember_jobs(workflow, chosen.facility_name, refs)
     statuses = wait_for_jobs(chosen, refs, timeout=timeout, max_reschedules=max_reschedules)
     outputs = collect_outputs(chosen, statuses, home() / "runs" / run_key(workflow))
     problems = _problems(statuses, outputs)

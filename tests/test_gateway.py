@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,15 @@ import pytest
 import requests
 import xmlschema
 from cryptography.hazmat.primitives.asymmetric import rsa
+from diracx.client.sync import SyncDiracClient
+from diracx.core.models import ScalarSearchOperator
+from diracx.core.preferences import DiracxPreferences
 from jwt.algorithms import RSAAlgorithm
 from pyvo.dal.tap import AsyncTAPJob
 from pyvo.io.uws import parse_job, parse_job_list
 
 from deployments.processes import free_port
+from tests.servers.diracx import DiracXServer
 from tests.servers.vo import VoService
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
@@ -359,3 +363,72 @@ def test_oidc_users_see_and_touch_only_their_own_jobs(gateway: Gateway, issuer: 
     ):
         assert client(bad).get("/uws/jobs").status_code == 401
     assert alice.delete(f"/uws/jobs/{job_id}").status_code == 303
+
+
+def test_abort_cancels_the_flow_run_and_reaches_the_dirac_jobs(
+    gateway: Gateway, diracx_server: DiracXServer, tmp_path: Path
+) -> None:
+    creds = diracx_server.credentials(tmp_path / "creds.json")
+    api = json.loads((gateway.home / "stack.json").read_text())["api_url"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_API_URL": api, "ESAP_PREFECT_HOME": str(gateway.home)}
+    added = subprocess.run(
+        [CLI, "facilities", "add", "dirac", "held-grid", "--url", diracx_server.url,
+         "--credentials", str(creds), "--embed", "--overwrite"],
+        capture_output=True, text=True, env=env, check=False, timeout=120,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    # No pilot runs in this test, so the DIRAC job waits and the flow waits on it.
+    job_id = gateway.create(workflow="hello-world", facility="held-grid", PHASE="RUN")
+    running = gateway.http.get(f"/uws/jobs/{job_id}", params={"WAIT": 60, "PHASE": "QUEUED"})
+    assert parse_job(io.BytesIO(running.content)).phase == "EXECUTING"
+    group = _dirac_group(api)
+    with SyncDiracClient(
+        diracx_preferences=DiracxPreferences(url=diracx_server.url, credentials_path=creds)
+    ) as client:
+        statuses = _wait_for(lambda: _statuses(client, group), bool, 60)
+        assert set(statuses) <= {"Submitting", "Received", "Checking", "Waiting"}
+        aborted = gateway.http.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "ABORT"})
+        assert aborted.status_code == 303
+        assert gateway.http.get(f"/uws/jobs/{job_id}/phase").text == "ABORTED"
+        killed = _wait_for(lambda: _statuses(client, group), lambda s: s == ["Killed"], 90)
+    assert killed == ["Killed"]
+    cancelled = _wait_for(
+        lambda: httpx.post(
+            f"{api}/flow_runs/filter",
+            json={"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}},
+        ).json(),
+        bool,
+        60,
+    )
+    assert [r["id"][:8] for r in cancelled] == [group.removeprefix("hello-world-")]
+
+
+def _dirac_group(api: str) -> str:
+    """The JobGroup of the one running hello-world flow run: hello-world-<run id[:8]>."""
+    runs = _wait_for(
+        lambda: httpx.post(
+            f"{api}/flow_runs/filter",
+            json={"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}},
+        ).json(),
+        lambda found: len(found) == 1,
+        60,
+    )
+    return f"hello-world-{runs[0]['id'][:8]}"
+
+
+def _statuses(client: SyncDiracClient, group: str) -> list[str]:
+    rows = client.jobs.search(
+        parameters=["JobID", "Status"],
+        search=[{"parameter": "JobGroup", "operator": ScalarSearchOperator.EQUAL, "value": group}],
+    )
+    return sorted(r["Status"] for r in rows)
+
+
+def _wait_for(get: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
