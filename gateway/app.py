@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from prefect.client.orchestration import get_client
 
 from gateway.auth import Authenticator
+from gateway.routes_planner import router as planner_router
 from gateway.routes_uws import router as uws_router
 from gateway.service import JobService
 from gateway.settings import GatewaySettings
@@ -47,6 +48,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = config
     app.state.authenticator = Authenticator(config)
     app.include_router(uws_router)
+    app.include_router(planner_router)
     return app
 
 

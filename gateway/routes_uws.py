@@ -144,6 +144,9 @@ async def create_job(request: Request, user: User) -> Response:
     PHASE=RUN also runs it.
     """
     fields = await _fields(request)
+    # the planner's offers point at /uws/jobs?facility=NAME
+    for key, value in request.query_params.items():
+        fields.setdefault(key, value)
     phase = _one(fields, "PHASE")
     if phase is not None and phase.upper() != "RUN":
         raise HTTPException(400, "PHASE at creation can only be RUN")

@@ -432,3 +432,27 @@ def _wait_for(get: Callable[[], Any], done: Callable[[Any], bool], timeout: floa
         if done(value) or time.monotonic() > deadline:
             return value
         time.sleep(0.5)
+
+
+def test_the_planner_answers_over_http_and_its_endpoint_takes_jobs(gateway: Gateway) -> None:
+    docker = {
+        "tasktype": "uri://docker-container",
+        "taskinfo": {"image": "docker.io/example:1.0"},
+        "resources": {"mincores": 8, "maxcores": 8, "minmemory": "8G", "minduration": "10m"},
+    }
+    refused = gateway.http.post("/planner", json=docker).json()
+    assert refused["reponseword"] == "NO"
+    assert "does not run uri://docker-container" in refused["reasons"]["local"]
+    executable = {"tasktype": "uri://executable", "taskinfo": {"executable": "python3"}}
+    answer = gateway.http.post("/planner", json=executable).json()
+    assert answer["reponseword"] == "YES"
+    best = answer["serviceinfo"]
+    assert best == answer["offers"][0]["serviceinfo"] and best["facility"] == "local"
+    assert best["endpoint"] == f"{gateway.url}/uws/jobs?facility=local"
+    made = gateway.http.post(best["endpoint"], data={"workflow": "hello-world"})
+    assert made.status_code == 303
+    params = gateway.http.get(made.headers["location"] + "/parameters").text
+    assert 'id="facility"' in params
+    bad = gateway.http.post("/planner", json={"tasktype": "uri://executable", "taskinfo": {}})
+    assert bad.status_code == 400 and "taskinfo.executable" in bad.json()["detail"]
+    assert httpx.post(f"{gateway.url}/planner", json=executable).status_code == 401

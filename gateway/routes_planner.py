@@ -1,0 +1,53 @@
+"""The IVOA Execution Planner over HTTP (seed form): POST a task request, get YES/NO and offers.
+
+Facilities are the ones saved in Prefect; each offer's endpoint is this gateway's UWS job list.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from blocks.errors import UnknownBlockError
+from blocks.registry import list_facilities
+from esap_prefect.params import describe
+from gateway.auth import current_user
+from planner.matching import match
+from planner.models import Capabilities, PlanResponse, ServiceInfo, TaskRequest
+
+router = APIRouter(tags=["Execution Planner"])
+
+
+def _capabilities() -> list[Capabilities]:
+    return [f.capabilities() for f in list_facilities()]
+
+
+def _with_endpoints(answer: PlanResponse, base: str) -> PlanResponse:
+    def info(service: ServiceInfo) -> ServiceInfo:
+        endpoint = f"{base}/uws/jobs?facility={service.facility}"
+        return service.model_copy(update={"endpoint": endpoint})
+
+    offers = tuple(o.model_copy(update={"serviceinfo": info(o.serviceinfo)}) for o in answer.offers)
+    best = offers[0].serviceinfo if offers else None
+    return answer.model_copy(update={"offers": offers, "serviceinfo": best})
+
+
+@router.post("/planner", response_model=PlanResponse, response_model_exclude_none=True)
+async def plan(request: Request) -> PlanResponse:
+    """Can this task, with these resources, run here? YES with offers (best first) or NO."""
+    current_user(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(400, "the request body is not valid JSON") from None
+    try:
+        task = TaskRequest.model_validate(body)
+    except ValidationError as exc:
+        raise HTTPException(400, f"invalid planner request: {describe(exc)}") from None
+    try:
+        capabilities = await run_in_threadpool(_capabilities)
+    except UnknownBlockError as exc:
+        raise HTTPException(503, str(exc)) from None
+    answer = match(task, capabilities)
+    return _with_endpoints(answer, str(request.app.state.settings.base_url))
