@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-dirac: $(STAMP)
 
 bench-staging: $(STAMP)
 	$(BIN)/python bench/staging.py
+
+bench-gateway: $(STAMP)
+	$(BIN)/python bench/gateway.py
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -23,6 +23,13 @@ PINS: dict[str, list[str]] = {
         "moto[server]",
     ],
     "rucio": ["rucio==41.5.1"],
+    # the UWS app ESAP runs today, for the gateway benchmark
+    "djangouws": [
+        "django-uws==0.2.dev370864",
+        "django>=4.2,<5",
+        "djangorestframework>=3.14",
+        "gunicorn>=22",
+    ],
 }
 
 
