@@ -33,7 +33,17 @@ def _with_endpoints(answer: PlanResponse, base: str) -> PlanResponse:
     return answer.model_copy(update={"offers": offers, "serviceinfo": best})
 
 
-@router.post("/planner", response_model=PlanResponse, response_model_exclude_none=True)
+@router.post(
+    "/planner",
+    response_model=PlanResponse,
+    response_model_exclude_none=True,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": TaskRequest.model_json_schema()}},
+        }
+    },
+)
 async def plan(request: Request) -> PlanResponse:
     """Can this task, with these resources, run here? YES with offers (best first) or NO."""
     current_user(request)

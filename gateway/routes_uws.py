@@ -27,6 +27,31 @@ from gateway.service import FINAL, JobService
 from gateway.store import JobRecord, Result
 
 router = APIRouter(prefix="/uws", tags=["UWS"])
+
+
+def _body(fields: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """OpenAPI request body of a UWS POST: form fields (extra ones allowed) or JSON."""
+    schema = {
+        "type": "object",
+        "properties": fields,
+        "additionalProperties": {"type": "string"},
+        **({"required": required} if required else {}),
+    }
+    return {
+        "requestBody": {
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": schema},
+                "application/json": {"schema": schema},
+            }
+        }
+    }
+
+
+PARAMETERS = _body({"workflow": {"type": "string"}, "PHASE": {"type": "string", "enum": ["RUN"]}})
+PHASES = _body(
+    {"PHASE": {"type": "string", "enum": ["RUN", "ABORT", "EXECUTING", "COMPLETE", "ERROR"]}},
+    ["PHASE"],
+)
 XML = "application/xml"
 User = Annotated[Identity, Depends(current_user)]
 CALLBACK_PHASES = {
@@ -136,7 +161,7 @@ async def list_jobs(
     return Response(jobs_xml(jobs, _base(request)), media_type=XML)
 
 
-@router.post("/jobs", summary="Create a job", status_code=303)
+@router.post("/jobs", summary="Create a job", status_code=303, openapi_extra=PARAMETERS)
 @router.post("/jobs/", include_in_schema=False)
 async def create_job(request: Request, user: User) -> Response:
     """A new job from its parameters (`workflow` or `type` names the workflow).
@@ -186,7 +211,12 @@ async def delete_job(request: Request, job_id: str, user: User) -> Response:
     return _see(request, "/uws/jobs")
 
 
-@router.post("/jobs/{job_id}", summary="ACTION=DELETE", status_code=303)
+@router.post(
+    "/jobs/{job_id}",
+    summary="ACTION=DELETE",
+    status_code=303,
+    openapi_extra=_body({"ACTION": {"type": "string", "enum": ["DELETE"]}}, ["ACTION"]),
+)
 @router.post("/jobs/{job_id}/", include_in_schema=False)
 async def post_job(request: Request, job_id: str, user: User) -> Response:
     """ACTION=DELETE deletes the job (for clients that cannot send DELETE)."""
@@ -205,7 +235,7 @@ async def get_phase(request: Request, job_id: str, user: User) -> str:
     return _service(request).owned(job_id, user.user).phase.value
 
 
-@router.post("/jobs/{job_id}/phase", status_code=303)
+@router.post("/jobs/{job_id}/phase", status_code=303, openapi_extra=PHASES)
 @router.post("/jobs/{job_id}/phase/", include_in_schema=False)
 async def post_phase(request: Request, job_id: str) -> Response:
     """PHASE=RUN or ABORT (the owner); EXECUTING, COMPLETE, ERROR (a job's call-back token)."""
@@ -241,7 +271,11 @@ async def get_duration(request: Request, job_id: str, user: User) -> str:
     return str(_service(request).owned(job_id, user.user).execution_duration)
 
 
-@router.post("/jobs/{job_id}/executionduration", status_code=303)
+@router.post(
+    "/jobs/{job_id}/executionduration",
+    status_code=303,
+    openapi_extra=_body({"EXECUTIONDURATION": {"type": "string"}}, ["EXECUTIONDURATION"]),
+)
 async def post_duration(request: Request, job_id: str, user: User) -> Response:
     """EXECUTIONDURATION=seconds, before the job runs."""
     service = _service(request)
@@ -260,7 +294,11 @@ async def get_destruction(request: Request, job_id: str, user: User) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
-@router.post("/jobs/{job_id}/destruction", status_code=303)
+@router.post(
+    "/jobs/{job_id}/destruction",
+    status_code=303,
+    openapi_extra=_body({"DESTRUCTION": {"type": "string"}}, ["DESTRUCTION"]),
+)
 async def post_destruction(request: Request, job_id: str, user: User) -> Response:
     """DESTRUCTION=time."""
     service = _service(request)
@@ -299,7 +337,7 @@ async def get_parameters(request: Request, job_id: str, user: User) -> Response:
     return Response(parameters_xml(job), media_type=XML)
 
 
-@router.post("/jobs/{job_id}/parameters", status_code=303)
+@router.post("/jobs/{job_id}/parameters", status_code=303, openapi_extra=PARAMETERS)
 async def post_parameters(request: Request, job_id: str, user: User) -> Response:
     """Add or change parameters of a PENDING job."""
     service = _service(request)

@@ -85,13 +85,16 @@ def _time(value: str | None) -> datetime | None:
 
 
 def _row(row: sqlite3.Row) -> JobRecord:
+    # rows were validated on the way in; building without validation keeps lists of
+    # thousands of jobs fast
     data = dict(row)
-    return JobRecord(
+    return JobRecord.model_construct(
         **{
             **data,
+            "phase": UWSPhase(data["phase"]),
             "parameters": json.loads(data["parameters"]),
             "flow_parameters": json.loads(data["flow_parameters"]),
-            "results": json.loads(data["results"]),
+            "results": [Result.model_construct(**r) for r in json.loads(data["results"])],
             "creation_time": _time(data["creation_time"]),
             "start_time": _time(data["start_time"]),
             "end_time": _time(data["end_time"]),

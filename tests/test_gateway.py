@@ -15,18 +15,20 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from xml.etree import ElementTree
 
 import httpx
 import jwt
 import pytest
 import requests
+import schemathesis
 import xmlschema
 from cryptography.hazmat.primitives.asymmetric import rsa
 from diracx.client.sync import SyncDiracClient
 from diracx.core.models import ScalarSearchOperator
 from diracx.core.preferences import DiracxPreferences
+from hypothesis import HealthCheck, given, settings
 from jwt.algorithms import RSAAlgorithm
 from pyvo.dal.tap import AsyncTAPJob
 from pyvo.io.uws import parse_job, parse_job_list
@@ -456,3 +458,24 @@ def test_the_planner_answers_over_http_and_its_endpoint_takes_jobs(gateway: Gate
     bad = gateway.http.post("/planner", json={"tasktype": "uri://executable", "taskinfo": {}})
     assert bad.status_code == 400 and "taskinfo.executable" in bad.json()["detail"]
     assert httpx.post(f"{gateway.url}/planner", json=executable).status_code == 401
+
+
+def test_no_generated_request_makes_the_gateway_fail(gateway: Gateway) -> None:
+    schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json")
+    operations = [cast(Any, result).ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 15
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
+        def no_server_error(case: Any) -> None:
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {gateway.token}"}
+            if "WAIT" in (case.query or {}):
+                case.query["WAIT"] = 0  # keep generated long polls short
+            response = case.call(timeout=30)
+            assert response.status_code < 500, (case.method, case.path, response.text[:300])
+
+        no_server_error()
