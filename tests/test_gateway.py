@@ -38,7 +38,7 @@ from tests.servers.diracx import DiracXServer
 from tests.servers.vo import VoService
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
-XSD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ivoa-uws-1.1" / "UWS.xsd"
+XSD = Path(__file__).resolve().parent / "data" / "uws" / "UWS.xsd"  # IVOA UWS 1.1, offline
 
 
 class Gateway:
@@ -479,3 +479,19 @@ def test_no_generated_request_makes_the_gateway_fail(gateway: Gateway) -> None:
             assert response.status_code < 500, (case.method, case.path, response.text[:300])
 
         no_server_error()
+
+
+def test_a_failed_run_is_an_error_with_its_reason(
+    gateway: Gateway, schema: xmlschema.XMLSchema
+) -> None:
+    job_id = gateway.create(workflow="hello-world", facility="nowhere", PHASE="RUN")
+    job = gateway.wait_final(job_id)
+    assert job.phase == "ERROR"
+    document = gateway.http.get(f"/uws/jobs/{job_id}")
+    schema.validate(document.text)
+    summary = ElementTree.fromstring(document.content).find(
+        "{http://www.ivoa.net/xml/UWS/v1.0}errorSummary"
+    )
+    assert summary is not None and summary.get("type") == "fatal"
+    assert "no facility named 'nowhere'" in gateway.http.get(f"/uws/jobs/{job_id}/error").text
+    assert job.results == []
