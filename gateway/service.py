@@ -256,6 +256,8 @@ class JobService:
                 ),
                 limit=len(chunk),
             )
+            for gone in set(chunk) - {str(run.id) for run in runs}:
+                finished[gone] = (chunk[gone], self._vanished())
             for run in runs:
                 job = chunk[str(run.id)]
                 changes = self._changes(job, run)
@@ -272,6 +274,16 @@ class JobService:
                 self.store.update(job.job_id, **changes, results=results.get(run_id, []))
                 self._notify(job.job_id)
         await self._expire()
+
+    def _vanished(self) -> dict[str, Any]:
+        """A job whose flow run was deleted in Prefect (by an operator): an error."""
+        return {
+            "phase": UWSPhase.ERROR,
+            "end_time": now(),
+            "token_hash": None,
+            "error_type": "fatal",
+            "error_message": "the Prefect flow run of this job was deleted",
+        }
 
     def _changes(self, job: JobRecord, run: FlowRun) -> dict[str, Any]:
         if run.state is None:

@@ -1,0 +1,78 @@
+"""The gateway's sync loop against a real Prefect API: phases, vanished runs, one call per cycle."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.states import Completed, Running
+
+from blocks.states import UWSPhase
+from gateway.service import JobService
+from gateway.settings import GatewaySettings
+from gateway.store import JobRecord, JobStore
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@flow(name="gateway-sync-probe")
+def probe() -> None:
+    """Only its flow runs are used."""
+
+
+def record(job_id: str, flow_run_id: str) -> JobRecord:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return JobRecord(
+        job_id=job_id, owner="me", workflow="hello-world", run_id=None,
+        phase=UWSPhase.QUEUED, parameters={}, flow_parameters={}, creation_time=now,
+        start_time=None, end_time=None, execution_duration=0,
+        destruction=now + timedelta(days=1), error_type=None, error_message=None,
+        results=[], flow_run_id=flow_run_id, token_hash=None,
+    )  # fmt: skip
+
+
+class CountingClient:
+    """The real client, counting flow-run reads."""
+
+    def __init__(self, client: PrefectClient) -> None:
+        self.client, self.reads = client, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.client, name)
+
+    async def read_flow_runs(self, **kwargs: object) -> object:
+        self.reads += 1
+        return await self.client.read_flow_runs(**kwargs)  # type: ignore[arg-type]
+
+
+def test_phases_follow_flow_runs_in_bulk_and_a_deleted_run_is_an_error(tmp_path: Path) -> None:
+    async def scenario() -> dict[str, JobRecord | None]:
+        store = JobStore(tmp_path / "gateway.db")
+        async with get_client() as real:
+            client = CountingClient(real)
+            runs = [await real.create_flow_run(probe) for _ in range(250)]
+            for i, run in enumerate(runs):
+                store.insert(record(f"job{i:03d}", str(run.id)))
+            await real.set_flow_run_state(runs[0].id, Running())
+            await real.set_flow_run_state(runs[1].id, Running())
+            await real.set_flow_run_state(runs[1].id, Completed())
+            await real.delete_flow_run(runs[2].id)
+            service = JobService(store, client, GatewaySettings(database=tmp_path / "x.db"))  # type: ignore[arg-type]
+            await service.sync_once()
+            reads = client.reads
+            found = {j: store.get(j) for j in ("job000", "job001", "job002", "job003")}
+        store.close()
+        assert reads == 2, "250 active jobs are read in two bulk calls"
+        return found
+
+    found = asyncio.run(scenario())
+    assert found["job000"] is not None and found["job000"].phase is UWSPhase.EXECUTING
+    assert found["job001"] is not None and found["job001"].phase is UWSPhase.COMPLETED
+    gone = found["job002"]
+    assert gone is not None and gone.phase is UWSPhase.ERROR
+    assert gone.error_message == "the Prefect flow run of this job was deleted"
+    assert found["job003"] is not None and found["job003"].phase is UWSPhase.QUEUED
