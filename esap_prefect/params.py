@@ -5,13 +5,14 @@ Values that parse as a JSON list, object or number are taken as JSON, all else a
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from pydantic import ValidationError, create_model
+from pydantic import BaseModel, ValidationError, create_model
 
 
 class ParameterError(ValueError):
@@ -68,6 +69,17 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
+@functools.cache
+def _parameter_model(fn: Callable[..., Any], workflow: str) -> type[BaseModel]:
+    """A pydantic model of the function's parameters, built once per workflow."""
+    hints = get_type_hints(fn, include_extras=True)
+    fields: dict[str, Any] = {
+        name: (hints.get(name, Any), ... if p.default is p.empty else p.default)
+        for name, p in inspect.signature(fn).parameters.items()
+    }
+    return create_model(f"{workflow}-parameters", **fields)
+
+
 def validate_parameters(
     fn: Callable[..., Any], parameters: dict[str, Any], workflow: str
 ) -> dict[str, Any]:
@@ -83,12 +95,7 @@ def validate_parameters(
         raise ParameterError(
             f"{workflow} has no parameter {', '.join(unknown)}; it takes: {', '.join(accepted)}"
         )
-    hints = get_type_hints(fn, include_extras=True)
-    fields: dict[str, Any] = {
-        name: (hints.get(name, Any), ... if p.default is p.empty else p.default)
-        for name, p in signature.parameters.items()
-    }
-    model = create_model(f"{workflow}-parameters", **fields)
+    model = _parameter_model(fn, workflow)
     try:
         checked = model.model_validate(parameters)
     except ValidationError as exc:

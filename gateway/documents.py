@@ -5,6 +5,7 @@ Both views come from the same `JobRecord`; the job token never appears in either
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic_xml import BaseXmlModel, element
@@ -107,12 +108,13 @@ def _xml(document: BaseXmlModel) -> bytes:
     return xml if isinstance(xml, bytes) else xml.encode()
 
 
+def utc_text(value: datetime | None) -> str | None:
+    """ISO 8601 with a Z, as UWS and django-uws clients read times."""
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
 def job_json(job: JobRecord, base_url: str) -> dict[str, Any]:
     """The job in django-uws's field names (ESAP's GUI reads these)."""
-
-    def stamp(value: Any) -> str | None:
-        return None if value is None else value.isoformat().replace("+00:00", "Z")
-
     error = _error(job)
     return {
         "url": f"{base_url}/uws/jobs/{job.job_id}/",
@@ -121,11 +123,11 @@ def job_json(job: JobRecord, base_url: str) -> dict[str, Any]:
         "ownerId": job.owner,
         "phase": job.phase.value,
         "quote": None,
-        "creationTime": stamp(job.creation_time),
-        "startTime": stamp(job.start_time),
-        "endTime": stamp(job.end_time),
+        "creationTime": utc_text(job.creation_time),
+        "startTime": utc_text(job.start_time),
+        "endTime": utc_text(job.end_time),
         "executionDuration": job.execution_duration,
-        "destruction": stamp(job.destruction),
+        "destruction": utc_text(job.destruction),
         "errorSummary": None if error is None else error.message,
         "parameters": [
             {"key": k, "value": v, "byReference": False, "isPost": True}

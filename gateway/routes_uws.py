@@ -22,6 +22,7 @@ from gateway.documents import (
     jobs_xml,
     parameters_xml,
     results_xml,
+    utc_text,
 )
 from gateway.service import FINAL, JobService
 from gateway.store import JobRecord, Result
@@ -290,8 +291,7 @@ async def post_duration(request: Request, job_id: str, user: User) -> Response:
 @router.get("/jobs/{job_id}/destruction", response_class=PlainTextResponse)
 async def get_destruction(request: Request, job_id: str, user: User) -> str:
     """When the job will be destroyed (ISO 8601)."""
-    when = _service(request).owned(job_id, user.user).destruction
-    return when.isoformat().replace("+00:00", "Z")
+    return utc_text(_service(request).owned(job_id, user.user).destruction) or ""
 
 
 @router.post(

@@ -50,7 +50,7 @@ class Gateway:
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
         )
 
-    def create(self, follow: bool = False, **params: Any) -> str:
+    def create(self, **params: Any) -> str:
         answer = self.http.post("/uws/jobs", data={k: str(v) for k, v in params.items()})
         assert answer.status_code == 303, answer.text
         location = answer.headers["location"]
