@@ -57,6 +57,21 @@ class FacilityBlock(Block, ABC):
         """The job's wall time in seconds, the facility default when the job sets none."""
         return spec.walltime if spec.walltime is not None else self.default_walltime
 
+    def check_limits(self, spec: JobSpec) -> None:
+        """ValueError when the job asks for more cores, memory or wall time than offered."""
+        if spec.cores > self.max_cores:
+            raise ValueError(
+                f"job {spec.name} asks for {spec.cores} cores; facility "
+                f"{self.facility_name} has {self.max_cores}"
+            )
+        if spec.memory is not None and spec.memory > self.max_memory:
+            raise ValueError(f"job {spec.name} asks for more memory than {self.facility_name} has")
+        if self.walltime_of(spec) > self.max_duration:
+            raise ValueError(
+                f"job {spec.name} asks for {self.walltime_of(spec)}s wall time; facility "
+                f"{self.facility_name} allows {self.max_duration}s"
+            )
+
     def endpoint(self) -> str | None:
         """Where the facility's service is, for the planner's offers."""
         return None

@@ -84,9 +84,12 @@ class JobSpec(_Model):
     """One payload job. Its name is the idempotency key: unique within a facility."""
 
     name: JobName
-    executable: str = Field(min_length=1)
+    executable: str = Field(
+        default="",
+        description="Program to run; in a container, empty runs the image's own entrypoint.",
+    )
     arguments: list[str] = Field(default_factory=list)
-    image: str | None = None
+    image: str | None = Field(default=None, description="Container image the job runs in.")
     env: Annotated[dict[str, str], AfterValidator(_env_names)] = Field(default_factory=dict)
     inputs: list[InputFile] = Field(default_factory=list)
     outputs: list[RelativePath] = Field(
@@ -104,6 +107,12 @@ class JobSpec(_Model):
     walltime: Duration | None = Field(
         default=None, description="Wall-time limit (DIRAC: CPUTime); the facility default if unset."
     )
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> Self:
+        if not self.executable and self.image is None:
+            raise ValueError(f"job {self.name} needs an executable or a container image")
+        return self
 
 
 class JobArray(_Model):

@@ -94,29 +94,26 @@ class LocalFacility(FacilityBlock):
         env["ESAP_JOB_DIR"] = str(directory)
         return env
 
+    def _command(self, spec: JobSpec, directory: Path) -> list[str]:
+        return [spec.executable, *spec.arguments]
+
     def _enqueue(self, spec: JobSpec, directory: Path) -> None:
         self._runner().enqueue(
             spec.name,
             directory,
-            [spec.executable, *spec.arguments],
+            self._command(spec, directory),
             self._job_env(spec, directory),
             spec.cores,
             float(self.walltime_of(spec)),
         )
 
     def _check(self, spec: JobSpec) -> None:
-        if spec.cores > self.max_cores:
+        if spec.image is not None:
             raise ValueError(
-                f"job {spec.name} asks for {spec.cores} cores; facility "
-                f"{self.facility_name} has {self.max_cores}"
+                f"job {spec.name} names image {spec.image}; facility {self.facility_name} "
+                "runs programs on its host, not container images"
             )
-        if spec.memory is not None and spec.memory > self.max_memory:
-            raise ValueError(f"job {spec.name} asks for more memory than {self.facility_name} has")
-        if self.walltime_of(spec) > self.max_duration:
-            raise ValueError(
-                f"job {spec.name} asks for {self.walltime_of(spec)}s wall time; facility "
-                f"{self.facility_name} allows {self.max_duration}s"
-            )
+        self.check_limits(spec)
 
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
         """Prepare each job's directory and queue it; names already submitted are reused."""
@@ -125,26 +122,8 @@ class LocalFacility(FacilityBlock):
         root = self._root()
         refs = []
         for spec in specs:
-            directory = root / spec.name
-            meta = directory / META
-            wanted = spec.model_dump_json()
-            try:
-                meta.mkdir(parents=True)
-            except FileExistsError:
-                if (meta / "spec.json").exists():
-                    if (meta / "spec.json").read_text() != wanted:
-                        raise ValueError(
-                            f"job {spec.name} was already submitted to {self.facility_name} "
-                            "with a different spec; give the new job another name"
-                        ) from None
-                    refs.append(
-                        JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name)
-                    )
-                    continue
-            for item in spec.inputs:
-                item.place(directory)
-            (meta / "spec.json").write_text(wanted)
-            self._enqueue(spec, directory)
+            if prepare_directory(root / spec.name, spec, self.facility_name):
+                self._enqueue(spec, root / spec.name)
             refs.append(JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name))
         return refs
 
@@ -202,43 +181,7 @@ class LocalFacility(FacilityBlock):
     def fetch(self, refs: Sequence[JobRef], dest: Path) -> list[JobOutputs]:
         """Link (or copy) each job's declared outputs and logs to `dest`/<job name>/."""
         root = self._root()
-        results = []
-        for ref in refs:
-            directory = root / ref.job_id
-            spec = JobSpec.model_validate_json((directory / META / "spec.json").read_text())
-            target = dest / ref.name
-            files, missing = [], []
-            for pattern in spec.outputs:
-                matches = sorted(
-                    Path(p)
-                    for p in glob.glob(str(directory / pattern), recursive=True)
-                    if Path(p).is_file() and META not in Path(p).relative_to(directory).parts
-                )
-                if not matches:
-                    missing.append(pattern)
-                for path in matches:
-                    relative = path.relative_to(directory)
-                    files.append(
-                        OutputFile(
-                            name=f"{ref.name}/{relative.as_posix()}",
-                            path=_place(path, target / relative),
-                        )
-                    )
-            logs = {
-                name: _place(directory / META / name, target / f"{name}.txt")
-                for name in ("stdout", "stderr")
-                if (directory / META / name).exists()
-            }
-            results.append(
-                JobOutputs(
-                    ref=ref,
-                    files=files,
-                    stdout=logs.get("stdout"),
-                    stderr=logs.get("stderr"),
-                    missing=missing,
-                )
-            )
-        return results
+        return [collect_directory(ref, root / ref.job_id, dest / ref.name) for ref in refs]
 
     def cancel(self, refs: Sequence[JobRef]) -> list[JobStatus]:
         """Cancel queued and running jobs (their process groups get SIGTERM, then SIGKILL)."""
@@ -248,6 +191,62 @@ class LocalFacility(FacilityBlock):
             if not status.state.is_final:
                 runner.cancel(ref.job_id)
         return self.poll(refs)
+
+
+def prepare_directory(directory: Path, spec: JobSpec, facility: str) -> bool:
+    """Write the job's inputs and spec under `directory`; False when it was submitted before.
+
+    A different spec under a name already used is refused (names are idempotency keys).
+    """
+    meta = directory / META
+    wanted = spec.model_dump_json()
+    try:
+        meta.mkdir(parents=True)
+    except FileExistsError:
+        if (meta / "spec.json").exists():
+            if (meta / "spec.json").read_text() != wanted:
+                raise ValueError(
+                    f"job {spec.name} was already submitted to {facility} "
+                    "with a different spec; give the new job another name"
+                ) from None
+            return False
+    for item in spec.inputs:
+        item.place(directory)
+    (meta / "spec.json").write_text(wanted)
+    return True
+
+
+def collect_directory(ref: JobRef, directory: Path, target: Path) -> JobOutputs:
+    """A finished job's declared outputs and its logs (kept under .esap/) placed under `target`.
+
+    Used by every facility whose jobs run in a working directory on this host.
+    """
+    spec = JobSpec.model_validate_json((directory / META / "spec.json").read_text())
+    files, missing = [], []
+    for pattern in spec.outputs:
+        matches = sorted(
+            Path(p)
+            for p in glob.glob(str(directory / pattern), recursive=True)
+            if Path(p).is_file() and META not in Path(p).relative_to(directory).parts
+        )
+        if not matches:
+            missing.append(pattern)
+        for path in matches:
+            relative = path.relative_to(directory)
+            files.append(
+                OutputFile(
+                    name=f"{ref.name}/{relative.as_posix()}",
+                    path=_place(path, target / relative),
+                )
+            )
+    logs = {
+        name: _place(directory / META / name, target / f"{name}.txt")
+        for name in ("stdout", "stderr")
+        if (directory / META / name).exists()
+    }
+    return JobOutputs(
+        ref=ref, files=files, stdout=logs.get("stdout"), stderr=logs.get("stderr"), missing=missing
+    )
 
 
 def _place(source: Path, target: Path) -> Path:

@@ -62,6 +62,14 @@ DIRAC_STATUS: dict[str, JobState] = {
     **dict.fromkeys(("Killed", "Deleted"), JobState.CANCELLED),
 }
 
+# Docker Engine container states (`State.Status`); exited and dead are settled by the
+# exit code and the facility's own cancel/wall-time marks.
+DOCKER_STATUS: dict[str, JobState] = {
+    "created": JobState.PENDING,
+    **dict.fromkeys(("running", "paused", "restarting", "removing"), JobState.RUNNING),
+    **dict.fromkeys(("exited", "dead"), JobState.FAILED),
+}
+
 PREFECT_STATE: dict[JobState, StateType] = {
     JobState.PENDING: StateType.PENDING,
     JobState.RUNNING: StateType.RUNNING,

@@ -51,6 +51,13 @@ WORKFLOWS: dict[str, Workflow] = {
             description="Stage Rucio data and ESAP basket items to an RSE or next to a "
             "facility; report what is where with sizes and checksums.",
         ),
+        Workflow(
+            name="run-container",
+            entrypoint="flows/run_container.py:run_container",
+            deployment="run-container/default",
+            description="Run one Docker or Singularity/Apptainer image as a job and archive "
+            "its outputs and logs (the ExecutionBroker's container offers).",
+        ),
     )
 }
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from blocks import DiracFacility
     from blocks.rucio import RucioStore
     from tests.gridsim import GridSimulator
+    from tests.servers.containers import DockerEngine
     from tests.servers.diracx import DiracXServer
     from tests.servers.rucio import RucioServer
     from tests.servers.vo import VoService
@@ -145,3 +146,38 @@ def vo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VoService]:
 
     with vo_service(tmp_path_factory.mktemp("vo")) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    """A real Docker Engine (dockerd on a private socket) with the test image built."""
+    from tests.servers.containers import DockerEngine
+
+    root = tmp_path_factory.mktemp("docker")
+    engine = DockerEngine(root)
+    engine.start()
+    try:
+        engine.build_image("esap-test/payload:1", root / "build")
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def singularity(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `singularity` command: real Apptainer (Debian sid) in a private mount namespace."""
+    from tests.servers.containers import singularity_shim
+    from tests.servers.venvs import ROOT
+
+    return singularity_shim(
+        tmp_path_factory.mktemp("apptainer-bin"), [Path(tempfile.gettempdir()), ROOT]
+    )
+
+
+@pytest.fixture(scope="session")
+def sif_image(singularity: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SIF image of busybox whose runscript is the test payload."""
+    from tests.servers.containers import build_sif
+
+    work = tmp_path_factory.mktemp("sif")
+    return build_sif(singularity, work / "payload.sif", work)

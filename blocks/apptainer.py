@@ -1,0 +1,117 @@
+"""The Apptainer (Singularity) facility: local jobs run inside SIF images with `apptainer exec`.
+
+It is the local facility's runner (wall time, cancel, take-over) with each command wrapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from blocks.errors import FatalError
+from blocks.jobs import JobSpec
+from blocks.local import LocalFacility
+from planner.models import TaskType
+
+PULLED_SCHEMES = ("https", "http", "docker", "oras", "library", "shub")
+
+
+class ApptainerFacility(LocalFacility):
+    """Runs payload jobs in Apptainer/Singularity containers on the host of the flow run.
+
+    Images are SIF files on the host or URIs (`https://`, `oras://`, `docker://`, ...)
+    pulled once into the facility's image cache. Jobs run with `--containall`: a clean
+    environment (the job's variables are passed as APPTAINERENV_*), their working
+    directory bound at the same path and used as the current directory.
+
+    Example:
+        ```python
+        from blocks import ApptainerFacility
+        ApptainerFacility(singularity="/usr/bin/apptainer").save("apptainer")
+        ```
+    """
+
+    _block_type_name = "Apptainer Facility"
+    _description = "Runs ESAP payload jobs in Apptainer/Singularity containers on this host."
+
+    tasktypes: ClassVar[frozenset[TaskType]] = frozenset({TaskType.SINGULARITY})
+    servicetype: ClassVar[str] = "uri://esap-prefect/apptainer"
+
+    kind: str = "apptainer"
+    singularity: str = Field(
+        default="singularity",
+        description="The apptainer (or singularity) command: a name on PATH or a path.",
+    )
+    image_cache: Path | None = Field(
+        default=None, description="Where pulled images are kept; default <workdir>/.images."
+    )
+    pull_timeout: float = Field(default=600, gt=0, description="Seconds one image pull may take.")
+
+    def _check(self, spec: JobSpec) -> None:
+        if spec.image is None:
+            raise ValueError(
+                f"job {spec.name} names no image; facility {self.facility_name} runs containers"
+            )
+        self.check_limits(spec)
+
+    def _images(self) -> Path:
+        cache = (self.image_cache or self._root() / ".images").expanduser().resolve()
+        cache.mkdir(parents=True, exist_ok=True)
+        return cache
+
+    def local_image(self, image: str) -> Path:
+        """The SIF file of `image`: the file itself, or the pulled copy of a URI.
+
+        Raises:
+            FatalError: the file does not exist, the scheme is unknown or the pull failed.
+        """
+        scheme, sep, _ = image.partition("://")
+        if not sep:
+            path = Path(image).expanduser()
+            if not path.is_absolute() or not path.exists():
+                raise FatalError(
+                    f"image {image} is not an existing absolute path on facility "
+                    f"{self.facility_name} (or a URI: {', '.join(PULLED_SCHEMES)})"
+                )
+            return path
+        if scheme not in PULLED_SCHEMES:
+            raise FatalError(
+                f"image {image}: scheme {scheme} is not one of {', '.join(PULLED_SCHEMES)}"
+            )
+        target = self._images() / f"{hashlib.sha256(image.encode()).hexdigest()[:32]}.sif"
+        if target.exists():
+            return target
+        partial = target.with_name(target.stem + ".partial.sif")
+        try:
+            done = subprocess.run(
+                [self.singularity, "pull", "--force", str(partial), image],
+                capture_output=True,
+                text=True,
+                timeout=self.pull_timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise FatalError(f"pulling image {image} failed: {exc}") from None
+        if done.returncode != 0:
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise FatalError(f"pulling image {image} failed: {tail}")
+        partial.replace(target)
+        return target
+
+    def _job_env(self, spec: JobSpec, directory: Path) -> dict[str, str]:
+        env = super()._job_env(spec, directory)
+        inside = {**spec.env, "ESAP_JOB_NAME": spec.name, "ESAP_JOB_DIR": str(directory)}
+        env.update({f"APPTAINERENV_{key}": value for key, value in inside.items()})
+        return env
+
+    def _command(self, spec: JobSpec, directory: Path) -> list[str]:
+        assert spec.image is not None
+        image = str(self.local_image(spec.image))
+        options = ["--containall", "--bind", f"{directory}:{directory}", "--pwd", str(directory)]
+        if spec.executable:
+            return [self.singularity, "exec", *options, image, spec.executable, *spec.arguments]
+        return [self.singularity, "run", *options, image, *spec.arguments]
