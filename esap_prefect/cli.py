@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -26,6 +27,9 @@ from esap_prefect.params import (
     validate_parameters,
 )
 from esap_prefect.settings import configure_prefect_environment, home
+
+if TYPE_CHECKING:
+    from blocks.facility import FacilityBlock
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -194,11 +198,73 @@ def add_dirac(
             )
         except ValidationError as exc:
             raise UserError(f"invalid DIRAC facility: {describe(exc)}") from None
-        try:
-            facility.save(name, overwrite=overwrite)
-        except ValueError as exc:
-            raise UserError(f"{exc} (use --overwrite to replace it)") from None
+        _save_facility(facility, name, overwrite)
     typer.echo(f"saved DIRAC facility {name!r} ({url})")
+
+
+def _save_facility(facility: FacilityBlock, name: str, overwrite: bool) -> None:
+    try:
+        facility.save(name, overwrite=overwrite)
+    except ValueError as exc:
+        raise UserError(f"{exc} (use --overwrite to replace it)") from None
+
+
+@add_app.command("docker")
+def add_docker(
+    name: Annotated[str, typer.Argument(help="Block name, used with --facility.")],
+    url: Annotated[
+        str | None, typer.Option(help="Docker Engine address; $DOCKER_HOST when unset.")
+    ] = None,
+    network: Annotated[str, typer.Option(help="Network mode of job containers.")] = "none",
+    pull: Annotated[bool, typer.Option(help="Pull images missing on the engine.")] = False,
+    max_cores: Annotated[int | None, typer.Option(help="Most cores per job.")] = None,
+    close_rse: Annotated[
+        str | None, typer.Option(help="Rucio RSE next to the facility (inputs are staged there).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
+) -> None:
+    """Save a Docker facility (containers on a Docker Engine) as a Prefect block."""
+    from blocks.docker import DockerFacility
+    from blocks.errors import FatalError, TransientError
+
+    with _user_errors():
+        extra = {"max_cores": max_cores} if max_cores else {}
+        try:
+            facility = DockerFacility(
+                base_url=url, network=network, pull=pull, close_rse=close_rse, **extra
+            )
+        except ValidationError as exc:
+            raise UserError(f"invalid Docker facility: {describe(exc)}") from None
+        try:
+            version = facility.check()
+        except (FatalError, TransientError) as exc:
+            raise UserError(str(exc)) from None
+        _save_facility(facility, name, overwrite)
+    typer.echo(f"saved Docker facility {name!r} (engine {version})")
+
+
+@add_app.command("apptainer")
+def add_apptainer(
+    name: Annotated[str, typer.Argument(help="Block name, used with --facility.")],
+    singularity: Annotated[
+        str, typer.Option(help="The apptainer/singularity command (a name on PATH or a path).")
+    ] = "singularity",
+    max_cores: Annotated[int | None, typer.Option(help="Cores the facility may use.")] = None,
+    close_rse: Annotated[
+        str | None, typer.Option(help="Rucio RSE next to the facility (inputs are staged there).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
+) -> None:
+    """Save an Apptainer/Singularity facility (SIF images run on this host) as a Prefect block."""
+    from blocks.apptainer import ApptainerFacility
+
+    with _user_errors():
+        if shutil.which(singularity) is None:
+            raise UserError(f"{singularity} is not an executable command on this host")
+        extra = {"max_cores": max_cores} if max_cores else {}
+        facility = ApptainerFacility(singularity=singularity, close_rse=close_rse, **extra)
+        _save_facility(facility, name, overwrite)
+    typer.echo(f"saved Apptainer facility {name!r} ({singularity})")
 
 
 stores_app = typer.Typer(help="List and add stores (where data is archived and staged).")

@@ -81,9 +81,11 @@ def _parameter_model(fn: Callable[..., Any], workflow: str) -> type[BaseModel]:
 
 
 def validate_parameters(
-    fn: Callable[..., Any], parameters: dict[str, Any], workflow: str
+    fn: Callable[..., Any], parameters: dict[str, Any], workflow: str, *, as_json: bool = False
 ) -> dict[str, Any]:
     """Check parameters against the workflow function's signature; the coerced values.
+
+    `as_json` gives them in JSON form (durations as "10m"), as a deployment's schema wants.
 
     Raises:
         ParameterError: naming each unknown, missing or mistyped parameter and its value.
@@ -100,4 +102,6 @@ def validate_parameters(
         checked = model.model_validate(parameters)
     except ValidationError as exc:
         raise ParameterError(f"invalid parameter for {workflow}: {describe(exc)}") from None
+    if as_json:
+        return checked.model_dump(mode="json", include=set(parameters))
     return {name: getattr(checked, name) for name in parameters}

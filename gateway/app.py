@@ -13,6 +13,9 @@ from fastapi import FastAPI
 from prefect.client.orchestration import get_client
 
 from gateway.auth import Authenticator
+from gateway.broker import Broker
+from gateway.routes_broker import router as broker_router
+from gateway.routes_planner import facility_capabilities
 from gateway.routes_planner import router as planner_router
 from gateway.routes_uws import router as uws_router
 from gateway.service import JobService
@@ -30,6 +33,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         async with get_client() as client:
             service = JobService(store, client, config)
             app.state.service = service
+            app.state.broker = Broker(store, service, facility_capabilities, config.offer_seconds)
             sync = asyncio.create_task(service.sync_forever())
             try:
                 yield
@@ -41,7 +45,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="esap-prefect gateway",
-        description="IVOA UWS 1.1 jobs (and ESAP's django-uws JSON) over Prefect deployments.",
+        description="IVOA UWS 1.1 jobs (and ESAP's django-uws JSON) over Prefect deployments; "
+        "the IVOA Execution Planner (seed form) and ExecutionBroker.",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -49,6 +54,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(config)
     app.include_router(uws_router)
     app.include_router(planner_router)
+    app.include_router(broker_router)
     return app
 
 

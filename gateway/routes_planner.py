@@ -19,7 +19,8 @@ from planner.models import Capabilities, PlanResponse, ServiceInfo, TaskRequest
 router = APIRouter(tags=["Execution Planner"])
 
 
-def _capabilities() -> list[Capabilities]:
+def facility_capabilities() -> list[Capabilities]:
+    """What every facility saved in Prefect (or the embedded default) can run."""
     return [f.capabilities() for f in list_facilities()]
 
 
@@ -56,7 +57,7 @@ async def plan(request: Request) -> PlanResponse:
     except ValidationError as exc:
         raise HTTPException(400, f"invalid planner request: {describe(exc)}") from None
     try:
-        capabilities = await run_in_threadpool(_capabilities)
+        capabilities = await run_in_threadpool(facility_capabilities)
     except UnknownBlockError as exc:
         raise HTTPException(503, str(exc)) from None
     answer = match(task, capabilities)

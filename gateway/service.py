@@ -29,7 +29,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling
 
 from blocks.states import PREFECT_TO_UWS, UWSPhase
@@ -143,12 +143,19 @@ class JobService:
         from flows.registry import WORKFLOWS
 
         deployment = await self._deployment_id(WORKFLOWS[job.workflow].deployment)
-        flow_run = await self.client.create_flow_run_from_deployment(
-            deployment,
-            parameters=job.flow_parameters,
-            tags=["uws"],
-            idempotency_key=f"uws-{job.job_id}",
-        )
+        try:
+            flow_run = await self.client.create_flow_run_from_deployment(
+                deployment,
+                parameters=job.flow_parameters,
+                tags=["uws"],
+                idempotency_key=f"uws-{job.job_id}",
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+            # Prefect checks parameters against the deployment's schema once more
+            detail = exc.response.json().get("detail", str(exc))
+            raise HTTPException(400, f"Prefect refused the parameters: {detail}") from None
         self.store.update(job.job_id, phase=UWSPhase.QUEUED, flow_run_id=str(flow_run.id))
         self._notify(job.job_id)
         return self.store.get(job.job_id) or job

@@ -39,6 +39,9 @@ class GatewaySettings:
         default_factory=lambda: _env_float("ESAP_GATEWAY_SYNC_SECONDS", 0.5)
     )
     max_wait: float = field(default_factory=lambda: _env_float("ESAP_GATEWAY_MAX_WAIT", 60.0))
+    offer_seconds: float = field(
+        default_factory=lambda: _env_float("ESAP_GATEWAY_OFFER_SECONDS", 600.0)
+    )
     destruction_days: float = field(
         default_factory=lambda: _env_float("ESAP_GATEWAY_DESTRUCTION_DAYS", 30.0)
     )

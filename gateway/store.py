@@ -42,6 +42,23 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, creation_time);
 CREATE INDEX IF NOT EXISTS jobs_phase ON jobs (phase);
 CREATE INDEX IF NOT EXISTS jobs_destruction ON jobs (destruction);
+CREATE TABLE IF NOT EXISTS offersets (
+    uuid TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    uuid TEXT PRIMARY KEY,
+    offerset TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    expires TEXT NOT NULL,
+    facility TEXT NOT NULL,
+    document TEXT NOT NULL,
+    job_id TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_offerset ON sessions (offerset, rank);
 """
 
 
@@ -137,6 +154,22 @@ class JobStore:
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of any query on the gateway's database (the broker's tables)."""
+        return [dict(r) for r in self._query(sql, args)]
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def insert(self, job: JobRecord) -> None:
         """Add a new job."""

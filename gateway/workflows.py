@@ -56,5 +56,4 @@ def job_parameters(given: Mapping[str, str]) -> tuple[Workflow, dict[str, Any]]:
         if low in SELECTORS or low in RESERVED:
             continue
         parameters[names.get(low, original)] = parse_value(text)
-    validate_parameters(fn, parameters, workflow.name)
-    return workflow, parameters
+    return workflow, validate_parameters(fn, parameters, workflow.name, as_json=True)

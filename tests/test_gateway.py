@@ -5,6 +5,7 @@ One `esap-prefect up` for the module; clients: httpx, pyvo's UWS parser and Asyn
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -495,3 +496,160 @@ def test_a_failed_run_is_an_error_with_its_reason(
     assert summary is not None and summary.get("type") == "fatal"
     assert "no facility named 'nowhere'" in gateway.http.get(f"/uws/jobs/{job_id}/error").text
     assert job.results == []
+
+
+EB = "https://www.purl.org/ivoa.net/EB/schema/types"
+DOCKER_EXE = f"{EB}/executables/docker-container-1.0"
+SIF_EXE = f"{EB}/executables/singularity-container-1.0"
+COMPUTE = f"{EB}/resources/compute/simple-compute-resource-1.0"
+
+
+def _add_facility(gateway: Gateway, *args: str) -> None:
+    api = json.loads((gateway.home / "stack.json").read_text())["api_url"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_API_URL": api, "ESAP_PREFECT_HOME": str(gateway.home)}
+    added = subprocess.run(
+        [CLI, "facilities", "add", *args, "--overwrite"],
+        capture_output=True, text=True, env=env, check=False, timeout=120,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+
+def _offers(gateway: Gateway, executable: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    body = {
+        "name": "broker test",
+        "executable": executable,
+        "resources": {
+            "compute": [
+                {
+                    "type": COMPUTE,
+                    "name": "cpu",
+                    "cores": {"requested": {"min": 1, "max": 2}},
+                    "memory": {"requested": {"min": 1}},
+                }
+            ]
+        },
+        "schedule": {"requested": {"duration": "PT10M"}},
+        **extra,
+    }
+    answer = gateway.http.post("/offersets", json=body)
+    assert answer.status_code == 200, answer.text
+    document: dict[str, Any] = answer.json()
+    assert answer.headers["location"] == document["href"]
+    return document
+
+
+def _session_until(gateway: Gateway, href: str, phases: set[str]) -> dict[str, Any]:
+    session: dict[str, Any] = _wait_for(
+        lambda: gateway.http.get(href).json(), lambda s: s["phase"] in phases, 180
+    )
+    return session
+
+
+def _accept(gateway: Gateway, href: str) -> dict[str, Any]:
+    update = {"update": {"type": "uri:enum-value-update", "path": "phase", "value": "ACCEPTED"}}
+    answer = gateway.http.post(href, json=update)
+    assert answer.status_code == 200, answer.text
+    session: dict[str, Any] = answer.json()
+    return session
+
+
+def _uws_job(session: dict[str, Any]) -> str:
+    href = next(m["values"]["href"] for m in session["messages"] if "href" in m["values"])
+    return str(href).rsplit("/", 1)[-1]
+
+
+def test_the_execution_broker_offers_and_runs_docker_and_singularity_containers(
+    gateway: Gateway, docker_engine: Any, singularity: Path, sif_image: Path
+) -> None:
+    _add_facility(gateway, "docker", "dock", "--url", docker_engine.url, "--max-cores", "2")
+    _add_facility(gateway, "apptainer", "sif", "--singularity", str(singularity))
+    docker = {"type": DOCKER_EXE, "image": {"locations": ["esap-test/payload:1"]},
+              "environment": {"GREETING": "salut"}}  # fmt: skip
+    offerset = _offers(gateway, docker)
+    assert offerset["result"] == "YES"
+    [offer] = offerset["offers"]
+    assert offer["phase"] == "OFFERED" and offer["expires"] > offer["created"]
+    assert offer["executable"]["image"]["locations"] == ["esap-test/payload:1"]
+    compute = offer["resources"]["compute"][0]
+    assert compute["cores"] == {"requested": {"min": 1, "max": 2}, "offered": {"min": 1, "max": 2}}
+    assert offer["schedule"]["executing"]["duration"] == "PT10M"
+    assert "facility dock" in offer["messages"][0]["message"]
+    assert gateway.http.get(f"/offersets/{offerset['uuid']}").json() == offerset
+
+    accepted = _accept(gateway, offer["href"])
+    assert accepted["phase"] in ("WAITING", "RUNNING")
+    done = _session_until(gateway, offer["href"], {"COMPLETED", "FAILED", "CANCELLED"})
+    assert done["phase"] == "COMPLETED", done
+    job_id = _uws_job(done)
+    results = gateway.http.get(f"/uws/jobs/{job_id}", headers={"Accept": "application/json"})
+    stdout = next(r for r in results.json()["results"] if r["key"].endswith("stdout.log"))
+    log = gateway.http.get(stdout["value"]).text
+    assert log.startswith("hello from run-container-") and "salut" in log
+    again = gateway.http.post(offer["href"], json={"update": {
+        "type": "uri:enum-value-update", "path": "phase", "value": "ACCEPTED"}})  # fmt: skip
+    assert again.status_code == 409 and "COMPLETED" in again.json()["detail"]
+
+    sif = _offers(gateway, {"type": SIF_EXE, "location": str(sif_image)})
+    [sif_offer] = sif["offers"]
+    assert "facility sif" in sif_offer["messages"][0]["message"]
+    _accept(gateway, sif_offer["href"])
+    finished = _session_until(gateway, sif_offer["href"], {"COMPLETED", "FAILED", "CANCELLED"})
+    assert finished["phase"] == "COMPLETED", finished
+
+
+def test_the_execution_broker_cancels_rejects_and_refuses(
+    gateway: Gateway, docker_engine: Any, issuer: Issuer
+) -> None:
+    _add_facility(gateway, "docker", "dock", "--url", docker_engine.url, "--max-cores", "2")
+    slow = {"type": DOCKER_EXE, "image": {"locations": ["esap-test/payload:1"]},
+            "environment": {"PAUSE": "120"}}  # fmt: skip
+    offer = _offers(gateway, slow)["offers"][0]
+    _accept(gateway, offer["href"])
+    _session_until(gateway, offer["href"], {"RUNNING"})
+    cancel = {"update": {"type": "uri:enum-value-update", "path": "phase", "value": "CANCELLED"}}
+    assert gateway.http.post(offer["href"], json=cancel).json()["phase"] == "CANCELLED"
+    with contextlib.closing(docker_engine.client()) as client:
+        gone = _wait_for(
+            lambda: client.containers.list(filters={"label": "esap-prefect.job"}), not_, 90
+        )
+    assert gone == []
+
+    rejected = _offers(gateway, slow)["offers"][0]
+    reject = {"update": {"type": "uri:enum-value-update", "path": "phase", "value": "REJECTED"}}
+    assert gateway.http.post(rejected["href"], json=reject).json()["phase"] == "REJECTED"
+    late = gateway.http.post(
+        rejected["href"], json={"update": {**reject["update"], "value": "ACCEPTED"}}
+    )
+    assert late.status_code == 409
+
+    notebook = _offers(gateway, {"type": f"{EB}/executables/jupyter-notebook-1.0"})
+    assert notebook["result"] == "NO" and notebook["offers"] == []
+    assert "is not run here" in notebook["messages"][0]["message"]
+    privileged = _offers(gateway, {**slow, "privileged": True})
+    assert privileged["result"] == "NO"
+    huge = _offers(gateway, slow, resources={"compute": [
+        {"type": COMPUTE, "cores": {"requested": {"min": 64}}}]})  # fmt: skip
+    assert huge["result"] == "NO" and "64 cores" in huge["messages"][0]["message"]
+
+    for body, needle in (
+        ({"executable": {"type": DOCKER_EXE, "image": {"locations": []}}}, "executable"),
+        ({"executable": slow, "schedule": {"requested": {"duration": "soon"}}}, "duration"),
+        ({"executable": slow, "colour": "red"}, "colour"),
+    ):
+        bad = gateway.http.post("/offersets", json=body)
+        assert bad.status_code == 400 and needle in bad.json()["detail"], bad.text
+    xml = gateway.http.post("/offersets", content=b"<offers-request/>",
+                            headers={"Content-Type": "application/xml"})  # fmt: skip
+    assert xml.status_code == 415
+    rename = {"update": {"type": "uri:string-value-update", "path": "name", "value": "x"}}
+    odd = gateway.http.post(rejected["href"], json=rename)
+    assert odd.status_code == 400 and "enum-value-update" in odd.json()["detail"]
+    assert gateway.http.get("/sessions/0000").status_code == 404
+    other = {"Authorization": f"Bearer {issuer.token('someone-else')}"}
+    assert httpx.get(offer["href"], headers=other).status_code == 403
+    assert httpx.get(offer["href"]).status_code == 401
+
+
+def not_(value: Any) -> bool:
+    return not value

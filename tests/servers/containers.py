@@ -24,6 +24,7 @@ APPLETS = ("sh", "echo", "cat", "ls", "env", "id", "sleep", "mkdir", "wc", "prin
 # What the test images run when no command is given: greet, list the inputs, write a file.
 PAYLOAD = """#!/bin/sh
 set -e
+sleep "${PAUSE:-0}"
 mkdir -p outputs
 echo "hello from $ESAP_JOB_NAME: ${GREETING:-nobody} $*" | tee outputs/greeting.txt
 pwd >> outputs/greeting.txt
