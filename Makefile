@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-containers lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-staging: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway.py
+
+bench-containers: $(STAMP)
+	$(BIN)/python bench/containers.py
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)
