@@ -52,11 +52,7 @@ class ApptainerFacility(LocalFacility):
     pull_timeout: float = Field(default=600, gt=0, description="Seconds one image pull may take.")
 
     def _check(self, spec: JobSpec) -> None:
-        if spec.image is None:
-            raise ValueError(
-                f"job {spec.name} names no image; facility {self.facility_name} runs containers"
-            )
-        self.check_limits(spec)
+        self.check_container(spec)
 
     def _images(self) -> Path:
         cache = (self.image_cache or self._root() / ".images").expanduser().resolve()

@@ -129,11 +129,7 @@ class DockerFacility(FacilityBlock):
                 raise FatalError(f"image {image} could not be pulled: {exc}") from None
 
     def _check(self, spec: JobSpec) -> None:
-        if spec.image is None:
-            raise ValueError(
-                f"job {spec.name} names no image; facility {self.facility_name} runs containers"
-            )
-        self.check_limits(spec)
+        self.check_container(spec)
 
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
         """Create and start one container per job; names already submitted are reused."""

@@ -72,6 +72,14 @@ class FacilityBlock(Block, ABC):
                 f"{self.facility_name} allows {self.max_duration}s"
             )
 
+    def check_container(self, spec: JobSpec) -> None:
+        """check_limits, and ValueError when the job names no image (container facilities)."""
+        if spec.image is None:
+            raise ValueError(
+                f"job {spec.name} names no image; facility {self.facility_name} runs containers"
+            )
+        self.check_limits(spec)
+
     def endpoint(self) -> str | None:
         """Where the facility's service is, for the planner's offers."""
         return None
