@@ -22,7 +22,7 @@ from pydantic import Field
 from blocks.errors import FatalError, TransientError
 from blocks.facility import FacilityBlock
 from blocks.jobs import JobOutputs, JobRef, JobSpec, JobStatus
-from blocks.local import collect_directory, prepare_directory
+from blocks.local import collect_directory, machine_memory, prepare_directory
 from blocks.local_runner import META
 from blocks.states import DOCKER_STATUS, JobState
 from esap_prefect.settings import home
@@ -33,10 +33,6 @@ LABEL = "esap-prefect.job"
 FINAL = "final.json"
 CANCELLED = "cancelled"
 OVERTIME = "walltime"
-
-
-def _machine_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class DockerFacility(FacilityBlock):
@@ -79,7 +75,7 @@ class DockerFacility(FacilityBlock):
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="Most cores per job."
     )
     max_memory: Memory = Field(
-        default_factory=_machine_memory, description="Most memory one job may ask for."
+        default_factory=machine_memory, description="Most memory one job may ask for."
     )
     max_duration: Duration = Field(default=86400, description="Longest wall time a job may ask.")
 

@@ -36,7 +36,8 @@ from planner.units import Duration, Memory
 _PASSED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
 
 
-def _machine_memory() -> int:
+def machine_memory() -> int:
+    """The physical memory of this host, in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -71,7 +72,7 @@ class LocalFacility(FacilityBlock):
         description="Cores the facility may use at once; jobs queue beyond that.",
     )
     max_memory: Memory = Field(
-        default_factory=_machine_memory, description="Largest memory a job may ask for."
+        default_factory=machine_memory, description="Largest memory a job may ask for."
     )
     max_duration: Duration = Field(default=86400, description="Longest wall time a job may ask.")
     kill_grace: float = Field(default=5.0, ge=0, description="Seconds between SIGTERM and SIGKILL.")

@@ -149,9 +149,16 @@ def facilities(ctx: typer.Context) -> None:
         )
 
 
+FacilityName = Annotated[str, typer.Argument(help="Block name, used with --facility.")]
+CloseRse = Annotated[
+    str | None, typer.Option(help="Rucio RSE next to the facility (inputs are staged there).")
+]
+Overwrite = Annotated[bool, typer.Option(help="Replace a block of that name.")]
+
+
 @add_app.command("dirac")
 def add_dirac(
-    name: Annotated[str, typer.Argument(help="Block name, used with --facility.")],
+    name: FacilityName,
     url: Annotated[str, typer.Option(help="DiracX URL.")],
     credentials: Annotated[Path, typer.Option(help="DiracX credentials file (dirac login).")],
     embed: Annotated[
@@ -166,10 +173,8 @@ def add_dirac(
     banned_site: Annotated[list[str] | None, typer.Option(help="Banned site (repeatable).")] = None,
     output_se: Annotated[str | None, typer.Option(help="Storage element for output data.")] = None,
     output_path: Annotated[str | None, typer.Option(help="LFN directory for output data.")] = None,
-    close_rse: Annotated[
-        str | None, typer.Option(help="Rucio RSE next to the facility (inputs are staged there).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
+    close_rse: CloseRse = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Save a DIRAC facility (DiracX) as a Prefect block."""
     from blocks.dirac.facility import DiracFacility
@@ -211,17 +216,15 @@ def _save_facility(facility: FacilityBlock, name: str, overwrite: bool) -> None:
 
 @add_app.command("docker")
 def add_docker(
-    name: Annotated[str, typer.Argument(help="Block name, used with --facility.")],
+    name: FacilityName,
     url: Annotated[
         str | None, typer.Option(help="Docker Engine address; $DOCKER_HOST when unset.")
     ] = None,
     network: Annotated[str, typer.Option(help="Network mode of job containers.")] = "none",
     pull: Annotated[bool, typer.Option(help="Pull images missing on the engine.")] = False,
     max_cores: Annotated[int | None, typer.Option(help="Most cores per job.")] = None,
-    close_rse: Annotated[
-        str | None, typer.Option(help="Rucio RSE next to the facility (inputs are staged there).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
+    close_rse: CloseRse = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Save a Docker facility (containers on a Docker Engine) as a Prefect block."""
     from blocks.docker import DockerFacility
@@ -245,15 +248,13 @@ def add_docker(
 
 @add_app.command("apptainer")
 def add_apptainer(
-    name: Annotated[str, typer.Argument(help="Block name, used with --facility.")],
+    name: FacilityName,
     singularity: Annotated[
         str, typer.Option(help="The apptainer/singularity command (a name on PATH or a path).")
     ] = "singularity",
     max_cores: Annotated[int | None, typer.Option(help="Cores the facility may use.")] = None,
-    close_rse: Annotated[
-        str | None, typer.Option(help="Rucio RSE next to the facility (inputs are staged there).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
+    close_rse: CloseRse = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Save an Apptainer/Singularity facility (SIF images run on this host) as a Prefect block."""
     from blocks.apptainer import ApptainerFacility
@@ -323,7 +324,7 @@ def add_rucio(
     lifetime: Annotated[
         str, typer.Option(help="Lifetime of archive and staging rules, e.g. 30d; '' for none.")
     ] = "30d",
-    overwrite: Annotated[bool, typer.Option(help="Replace a block of that name.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Save a Rucio store (data lake) as a Prefect block; secrets never go on the command line."""
     from pydantic import SecretStr
