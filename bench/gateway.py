@@ -29,7 +29,8 @@ import httpx  # noqa: E402
 
 from blocks.states import UWSPhase  # noqa: E402
 from deployments.processes import free_port, spawn, stop_group  # noqa: E402
-from gateway.store import JobRecord, JobStore  # noqa: E402
+from gateway.records import JobRecord  # noqa: E402
+from gateway.store import JobStore  # noqa: E402
 from tests.servers.venvs import server_venv  # noqa: E402
 
 STORED = int(os.environ.get("BENCH_JOBS", "10000"))

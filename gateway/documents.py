@@ -1,12 +1,17 @@
 """UWS 1.1 documents (vo-models' pydantic-xml models) and django-uws JSON for gateway jobs.
 
 Both views come from the same `JobRecord`; the job token never appears in either.
+Job-list entries are rendered once per change and kept cut around their base URL, so a list
+of thousands of jobs is joined text, not thousands of models (see `ListEntry`).
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, NamedTuple
+from xml.sax.saxutils import escape
 
 from pydantic_xml import BaseXmlModel, element
 from vo_models.uws import (
@@ -22,7 +27,7 @@ from vo_models.uws.models import NSMAP
 from vo_models.uws.types import ErrorType, ExecutionPhase
 from vo_models.vosi.availability import Availability
 
-from gateway.store import JobRecord
+from gateway.records import JobRecord
 
 
 class JobParameters(BaseXmlModel, tag="parameters", ns="uws", nsmap=NSMAP):
@@ -70,8 +75,7 @@ def job_xml(job: JobRecord) -> bytes:
     return _xml(document)
 
 
-def jobs_xml(jobs: list[JobRecord], base_url: str) -> bytes:
-    """The `uws:jobs` list."""
+def _jobs_xml(jobs: list[JobRecord], base_url: str) -> bytes:
     document = Jobs(
         jobref=[
             ShortJobDescription(
@@ -106,6 +110,60 @@ def availability_xml(available: bool, note: str) -> bytes:
 def _xml(document: BaseXmlModel) -> bytes:
     xml = document.to_xml(encoding="UTF-8", xml_declaration=True)
     return xml if isinstance(xml, bytes) else xml.encode()
+
+
+_EMPTY_LIST = _xml(Jobs(jobref=[])).decode()
+if not _EMPTY_LIST.endswith("/>"):
+    raise RuntimeError(f"unexpected empty uws:jobs document from vo-models: {_EMPTY_LIST}")
+JOBS_OPEN = _EMPTY_LIST[:-2] + ">"
+JOBS_CLOSE = "</uws:jobs>"
+
+ListFormat = Literal["json", "xml"]
+
+
+class ListEntry(NamedTuple):
+    """A job's list entries, django-uws JSON and `uws:jobref`, cut where the base URL goes.
+
+    entry = head + base URL + tail
+    """
+
+    json_head: str
+    json_tail: str
+    xml_head: str
+    xml_tail: str
+
+
+def _cut(text: str, mark: str) -> tuple[str, str]:
+    head, *tail = text.split(mark)
+    if len(tail) != 1:
+        raise RuntimeError(f"the base URL mark appears {len(tail)} times in a list entry")
+    return head, tail[0]
+
+
+def list_entry(job: JobRecord) -> ListEntry:
+    """The job's entries in both job-list formats, rendered by the same code as whole lists."""
+    mark = uuid.uuid4().hex
+    json_text = json.dumps(job_json(job, mark), ensure_ascii=False, separators=(",", ":"))
+    xml_text = _jobs_xml([job], mark).decode()
+    if not (xml_text.startswith(JOBS_OPEN) and xml_text.endswith(JOBS_CLOSE)):
+        raise RuntimeError(f"unexpected uws:jobs document from vo-models: {xml_text[:200]}")
+    return ListEntry(
+        *_cut(json_text, mark), *_cut(xml_text[len(JOBS_OPEN) : -len(JOBS_CLOSE)], mark)
+    )
+
+
+def base_text(base_url: str, form: ListFormat) -> str:
+    """The base URL as it appears inside a JSON string or an XML attribute."""
+    if form == "json":
+        return json.dumps(base_url, ensure_ascii=False)[1:-1]
+    return escape(base_url, {'"': "&quot;"})
+
+
+def jobs_document(entries: list[str], form: ListFormat) -> bytes:
+    """The job list from its entries: a JSON array or a `uws:jobs` document."""
+    if form == "json":
+        return ("[" + ",".join(entries) + "]").encode()
+    return (JOBS_OPEN + "".join(entries) + JOBS_CLOSE).encode()
 
 
 def utc_text(value: datetime | None) -> str | None:

@@ -16,16 +16,17 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from blocks.states import UWSPhase
 from gateway.auth import Identity, current_user
 from gateway.documents import (
+    ListFormat,
     availability_xml,
     job_json,
     job_xml,
-    jobs_xml,
+    jobs_document,
     parameters_xml,
     results_xml,
     utc_text,
 )
+from gateway.records import JobRecord, Result
 from gateway.service import FINAL, JobService
-from gateway.store import JobRecord, Result
 
 router = APIRouter(prefix="/uws", tags=["UWS"])
 
@@ -54,6 +55,7 @@ PHASES = _body(
     ["PHASE"],
 )
 XML = "application/xml"
+JSON = "application/json"
 User = Annotated[Identity, Depends(current_user)]
 CALLBACK_PHASES = {
     "EXECUTING": UWSPhase.EXECUTING,
@@ -156,10 +158,10 @@ async def list_jobs(
 ) -> Response:
     """The caller's jobs, newest first, filtered by PHASE (repeatable), AFTER and LAST."""
     after = _timestamp(AFTER, "AFTER") if AFTER else None
-    jobs = _service(request).store.find(user.user, _phases(PHASE or []), after, LAST)
-    if _wants_json(request):
-        return JSONResponse([job_json(j, _base(request)) for j in jobs])
-    return Response(jobs_xml(jobs, _base(request)), media_type=XML)
+    form: ListFormat = "json" if _wants_json(request) else "xml"
+    store = _service(request).store
+    entries = store.entries(form, _base(request), user.user, _phases(PHASE or []), after, LAST)
+    return Response(jobs_document(entries, form), media_type=JSON if form == "json" else XML)
 
 
 @router.post("/jobs", summary="Create a job", status_code=303, openapi_extra=PARAMETERS)

@@ -34,8 +34,9 @@ from prefect.states import Cancelled, Cancelling
 
 from blocks.states import PREFECT_TO_UWS, UWSPhase
 from esap_prefect.params import ParameterError
+from gateway.records import JobRecord, Result
 from gateway.settings import GatewaySettings
-from gateway.store import ACTIVE, JobRecord, JobStore, Result
+from gateway.store import ACTIVE, JobStore
 from gateway.workflows import job_parameters
 
 log = logging.getLogger("esap.gateway")

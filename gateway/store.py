@@ -1,6 +1,7 @@
 """The gateway's job table (SQLite): one row per UWS job, phases cached from Prefect.
 
-Reads never reach Prefect: a sync loop copies flow-run states here in bulk.
+Reads never reach Prefect: a sync loop copies flow-run states here in bulk. Each row also
+keeps its job-list entries, re-rendered on every change, so listing is one query.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from blocks.states import UWSPhase
+from gateway.documents import ListEntry, ListFormat, base_text, list_entry
+from gateway.records import JobRecord, Result
 
 ACTIVE = (UWSPhase.QUEUED, UWSPhase.EXECUTING, UWSPhase.HELD, UWSPhase.SUSPENDED)
 
@@ -37,7 +40,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT,
     results TEXT NOT NULL DEFAULT '[]',
     flow_run_id TEXT,
-    token_hash TEXT
+    token_hash TEXT,
+    json_head TEXT,
+    json_tail TEXT,
+    xml_head TEXT,
+    xml_tail TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, creation_time);
 CREATE INDEX IF NOT EXISTS jobs_phase ON jobs (phase);
@@ -62,42 +69,6 @@ CREATE INDEX IF NOT EXISTS sessions_offerset ON sessions (offerset, rank);
 """
 
 
-class Result(BaseModel):
-    """One result of a job: an archived output."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str
-    href: str
-    size: int | None = None
-    mime_type: str | None = None
-    location: str | None = None
-
-
-class JobRecord(BaseModel):
-    """One UWS job as the gateway keeps it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    job_id: str
-    owner: str
-    workflow: str
-    run_id: str | None
-    phase: UWSPhase
-    parameters: dict[str, str]
-    flow_parameters: dict[str, Any]
-    creation_time: datetime
-    start_time: datetime | None
-    end_time: datetime | None
-    execution_duration: int
-    destruction: datetime
-    error_type: str | None
-    error_message: str | None
-    results: list[Result]
-    flow_run_id: str | None
-    token_hash: str | None
-
-
 def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
@@ -105,7 +76,7 @@ def _time(value: str | None) -> datetime | None:
 def _row(row: sqlite3.Row) -> JobRecord:
     # rows were validated on the way in; building without validation keeps lists of
     # thousands of jobs fast
-    data = dict(row)
+    data = {k: row[k] for k in JobRecord.model_fields}
     return JobRecord.model_construct(
         **{
             **data,
@@ -145,6 +116,20 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_list_entries()
+
+    def _add_list_entries(self) -> None:
+        # gateway databases from before list entries were kept: add and fill the columns
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for name in ListEntry._fields:
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
+        rows = self._db.execute("SELECT * FROM jobs WHERE xml_tail IS NULL").fetchall()
+        if rows:
+            self._db.execute("BEGIN")
+            for row in rows:
+                self._db.execute(*_set_entry(_row(row)))
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the database."""
@@ -174,6 +159,7 @@ class JobStore:
     def insert(self, job: JobRecord) -> None:
         """Add a new job."""
         values = {k: _value(getattr(job, k)) for k in JobRecord.model_fields}
+        values.update(list_entry(job)._asdict())
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._lock:
@@ -183,10 +169,14 @@ class JobStore:
         """Change some fields of one job."""
         if not changes:
             return
-        sets = ", ".join(f"{name} = ?" for name in changes)
-        args = [_value(v) for v in changes.values()]
         with self._lock:
-            self._db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*args, job_id])
+            rows = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchall()
+            if not rows:
+                return
+            job = _row(rows[0]).model_copy(update=changes)
+            values = {k: _value(v) for k, v in changes.items()} | list_entry(job)._asdict()
+            sets = ", ".join(f"{name} = ?" for name in values)
+            self._db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*values.values(), job_id])
 
     def get(self, job_id: str) -> JobRecord | None:
         """One job, or None."""
@@ -206,23 +196,24 @@ class JobStore:
         last: int | None = None,
     ) -> list[JobRecord]:
         """The owner's jobs, newest first; ARCHIVED ones only when asked for by phase."""
-        wanted = [p.value for p in phases]
-        sql = "SELECT * FROM jobs WHERE owner = ?"
-        args: list[Any] = [owner]
-        if wanted:
-            sql += f" AND phase IN ({', '.join('?' for _ in wanted)})"
-            args += wanted
-        else:
-            sql += " AND phase != ?"
-            args.append(UWSPhase.ARCHIVED.value)
-        if after is not None:
-            sql += " AND creation_time > ?"
-            args.append(_value(after))
-        sql += " ORDER BY creation_time DESC, rowid DESC"
-        if last is not None:
-            sql += " LIMIT ?"
-            args.append(last)
-        return [_row(r) for r in self._query(sql, args)]
+        where, args = _listed(owner, phases, after, last)
+        return [_row(r) for r in self._query(f"SELECT * FROM jobs {where}", args)]
+
+    def entries(
+        self,
+        form: ListFormat,
+        base_url: str,
+        owner: str,
+        phases: Iterable[UWSPhase] = (),
+        after: datetime | None = None,
+        last: int | None = None,
+    ) -> list[str]:
+        """The job-list entries of what `find` would return, with `base_url` in their links."""
+        where, args = _listed(owner, phases, after, last)
+        head, tail = f"{form}_head", f"{form}_tail"
+        sql = f"SELECT {head} || ? || {tail} FROM jobs {where}"
+        with self._lock:
+            return [r[0] for r in self._db.execute(sql, [base_text(base_url, form), *args])]
 
     def active(self) -> list[JobRecord]:
         """Jobs whose flow run may still change."""
@@ -235,3 +226,32 @@ class JobStore:
         return [
             _row(r) for r in self._query("SELECT * FROM jobs WHERE destruction < ?", (_value(now),))
         ]
+
+
+def _listed(
+    owner: str, phases: Iterable[UWSPhase], after: datetime | None, last: int | None
+) -> tuple[str, list[Any]]:
+    """The WHERE, ORDER and LIMIT of a job list: newest first, ARCHIVED only when asked for."""
+    wanted = [p.value for p in phases]
+    sql = "WHERE owner = ?"
+    args: list[Any] = [owner]
+    if wanted:
+        sql += f" AND phase IN ({', '.join('?' for _ in wanted)})"
+        args += wanted
+    else:
+        sql += " AND phase != ?"
+        args.append(UWSPhase.ARCHIVED.value)
+    if after is not None:
+        sql += " AND creation_time > ?"
+        args.append(_value(after))
+    sql += " ORDER BY creation_time DESC, rowid DESC"
+    if last is not None:
+        sql += " LIMIT ?"
+        args.append(last)
+    return sql, args
+
+
+def _set_entry(job: JobRecord) -> tuple[str, list[Any]]:
+    entry = list_entry(job)
+    sets = ", ".join(f"{name} = ?" for name in entry._fields)
+    return f"UPDATE jobs SET {sets} WHERE job_id = ?", [*entry, job.job_id]

@@ -12,9 +12,10 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect.states import Completed, Running
 
 from blocks.states import UWSPhase
+from gateway.records import JobRecord
 from gateway.service import JobService
 from gateway.settings import GatewaySettings
-from gateway.store import JobRecord, JobStore
+from gateway.store import JobStore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
