@@ -1,7 +1,8 @@
 """The gateway's job table (SQLite): one row per UWS job, phases cached from Prefect.
 
 Reads never reach Prefect: a sync loop copies flow-run states here in bulk. Each row also
-keeps its job-list entries, re-rendered on every change, so listing is one query.
+keeps its job-list entries, re-rendered on every change, so listing is one query; whole
+lists are kept in memory until the next change to one of their owner's jobs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,10 +19,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from blocks.states import UWSPhase
-from gateway.documents import ListEntry, ListFormat, base_text, list_entry
+from gateway.documents import (
+    JobList,
+    ListEntry,
+    ListFormat,
+    base_text,
+    jobs_document,
+    list_entry,
+)
 from gateway.records import JobRecord, Result
 
 ACTIVE = (UWSPhase.QUEUED, UWSPhase.EXECUTING, UWSPhase.HELD, UWSPhase.SUSPENDED)
+LIST_CACHE_BYTES = 64 * 2**20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -112,6 +122,7 @@ class JobStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._lists: OrderedDict[tuple[Any, ...], JobList] = OrderedDict()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -163,6 +174,7 @@ class JobStore:
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._lock:
+            self._forget_lists(job.owner)
             self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", list(values.values()))
 
     def update(self, job_id: str, **changes: Any) -> None:
@@ -174,6 +186,7 @@ class JobStore:
             if not rows:
                 return
             job = _row(rows[0]).model_copy(update=changes)
+            self._forget_lists(job.owner)
             values = {k: _value(v) for k, v in changes.items()} | list_entry(job)._asdict()
             sets = ", ".join(f"{name} = ?" for name in values)
             self._db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*values.values(), job_id])
@@ -186,7 +199,13 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         """Forget one job."""
         with self._lock:
+            for (owner,) in self._db.execute("SELECT owner FROM jobs WHERE job_id = ?", (job_id,)):
+                self._forget_lists(owner)
             self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    def _forget_lists(self, owner: str) -> None:
+        for key in [k for k in self._lists if k[0] == owner]:
+            del self._lists[key]
 
     def find(
         self,
@@ -209,11 +228,45 @@ class JobStore:
         last: int | None = None,
     ) -> list[str]:
         """The job-list entries of what `find` would return, with `base_url` in their links."""
-        where, args = _listed(owner, phases, after, last)
-        head, tail = f"{form}_head", f"{form}_tail"
-        sql = f"SELECT {head} || ? || {tail} FROM jobs {where}"
         with self._lock:
-            return [r[0] for r in self._db.execute(sql, [base_text(base_url, form), *args])]
+            return self._entries(form, base_url, owner, phases, after, last)
+
+    def _entries(
+        self,
+        form: ListFormat,
+        base_url: str,
+        owner: str,
+        phases: Iterable[UWSPhase],
+        after: datetime | None,
+        last: int | None,
+    ) -> list[str]:
+        where, args = _listed(owner, phases, after, last)
+        sql = f"SELECT {form}_head || ? || {form}_tail FROM jobs {where}"
+        return [r[0] for r in self._db.execute(sql, [base_text(base_url, form), *args])]
+
+    def listing(
+        self,
+        form: ListFormat,
+        base_url: str,
+        owner: str,
+        phases: Iterable[UWSPhase] = (),
+        after: datetime | None = None,
+        last: int | None = None,
+    ) -> JobList:
+        """The job-list document; the same one again until one of the owner's jobs changes."""
+        wanted = tuple(sorted({UWSPhase(p) for p in phases}, key=lambda p: p.value))
+        key = (owner, form, base_url, wanted, after, last)
+        with self._lock:
+            if (document := self._lists.get(key)) is None:
+                entries = self._entries(form, base_url, owner, wanted, after, last)
+                document = self._lists[key] = JobList(jobs_document(entries, form))
+                while (
+                    sum(len(d.body) for d in self._lists.values()) > LIST_CACHE_BYTES
+                    and len(self._lists) > 1
+                ):
+                    self._lists.popitem(last=False)
+            self._lists.move_to_end(key)
+            return document
 
     def active(self) -> list[JobRecord]:
         """Jobs whose flow run may still change."""

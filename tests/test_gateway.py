@@ -138,8 +138,9 @@ def test_every_request_needs_a_valid_bearer_token(gateway: Gateway) -> None:
 def test_hello_world_runs_as_a_uws_job_and_every_document_validates(
     gateway: Gateway, schema: xmlschema.XMLSchema
 ) -> None:
+    long_value = "from-uws-" + "x" * 6000  # makes documents and the output file over 4 KiB
     job_id = gateway.create(
-        workflow="hello-world", Parameter1=7, parameter4="from-uws", PHASE="RUN"
+        workflow="hello-world", Parameter1=7, parameter4=long_value, PHASE="RUN"
     )
     job = gateway.wait_final(job_id)
     assert job.phase == "COMPLETED", gateway.http.get(f"/uws/jobs/{job_id}/error").text
@@ -152,8 +153,20 @@ def test_hello_world_runs_as_a_uws_job_and_every_document_validates(
     assert result.id_.endswith("/output.json")
     output = gateway.http.get(result.href)
     assert output.status_code == 200
-    assert output.json()["Parameter1"] == 7 and output.json()["Parameter4"] == "from-uws"
+    assert output.json()["Parameter1"] == 7 and output.json()["Parameter4"] == long_value
     assert output.json()["type"] == "batch.submit"
+    # documents are gzip-compressed for clients that accept it; result files never are
+    gzip_only = {"Accept-Encoding": "gzip"}
+    assert "content-encoding" not in output.headers
+    assert int(output.headers["content-length"]) == len(output.content) > 4096
+    assert (
+        gateway.http.get(f"/uws/jobs/{job_id}", headers=gzip_only).headers["content-encoding"]
+        == "gzip"
+    )
+    for encoding, sent in (("gzip", "gzip"), ("identity", None)):
+        answer = gateway.http.get("/uws/jobs", headers={"Accept-Encoding": encoding})
+        assert answer.headers.get("content-encoding") == sent
+        assert job_id in [j.jobid for j in parse_job_list(io.BytesIO(answer.content))]
     for part in ("parameters", "results"):
         schema.validate(gateway.http.get(f"/uws/jobs/{job_id}/{part}").text)
     assert gateway.http.get(f"/uws/jobs/{job_id}/phase").text == "COMPLETED"

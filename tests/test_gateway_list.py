@@ -5,8 +5,10 @@ A real SQLite store; the reference documents are rendered from whole models in t
 
 from __future__ import annotations
 
+import gzip
 import json
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,11 @@ def whole_xml(jobs: list[JobRecord]) -> str:
 
 
 def listed(store: JobStore, **filters: Any) -> tuple[Any, str, bytes]:
-    as_json = jobs_document(store.entries("json", BASE, "me", **filters), "json")
-    as_xml = jobs_document(store.entries("xml", BASE, "me", **filters), "xml")
-    return json.loads(as_json), ElementTree.canonicalize(as_xml.decode()), as_xml
+    as_json = store.listing("json", BASE, "me", **filters)
+    assert as_json.body == jobs_document(store.entries("json", BASE, "me", **filters), "json")
+    assert gzip.decompress(as_json.gzipped) == as_json.body
+    as_xml = store.listing("xml", BASE, "me", **filters).body
+    return json.loads(as_json.body), ElementTree.canonicalize(as_xml.decode()), as_xml
 
 
 def test_lists_equal_whole_documents_and_follow_every_change(tmp_path: Path) -> None:
@@ -96,6 +100,29 @@ def test_lists_equal_whole_documents_and_follow_every_change(tmp_path: Path) -> 
     assert as_json == [job_json(j, BASE) for j in expected]
     assert as_xml == whole_xml(expected)
     assert listed(store, after=datetime(2030, 1, 1, tzinfo=UTC))[0] == []
+
+    # every kind of change shows in the next list, however often it was asked for before
+    changes: list[Callable[[], None]] = [
+        lambda: store.update(jobs[3].job_id, phase=UWSPhase.EXECUTING),
+        lambda: store.delete(jobs[1].job_id),
+        lambda: store.insert(job(7)),
+    ]
+    for change in changes:
+        before = listed(store)[0]
+        change()
+        as_json, as_xml, _ = listed(store)
+        expected = store.find("me")
+        assert as_json != before
+        assert as_json == [job_json(j, BASE) for j in expected]
+        assert as_xml == whole_xml(expected)
+    assert [d["phase"] for d in as_json] == ["PENDING", "EXECUTING", "COMPLETED", "PENDING"]
+
+    # another user's changes leave this user's list in memory
+    kept = store.listing("json", BASE, "me")
+    store.insert(job(11, owner="someone else"))
+    store.update(job(9).job_id, phase=UWSPhase.QUEUED)
+    store.delete(job(11).job_id)
+    assert store.listing("json", BASE, "me") is kept
     store.close()
 
 
