@@ -156,7 +156,10 @@ class JobStore:
         return [dict(r) for r in self._query(sql, args)]
 
     def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Run statements in one transaction."""
+        """Run statements in one transaction, on the broker's tables.
+
+        Jobs change only through insert, update and delete, which keep the kept lists right.
+        """
         with self._lock:
             self._db.execute("BEGIN")
             try:
