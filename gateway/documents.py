@@ -78,21 +78,16 @@ def job_xml(job: JobRecord) -> bytes:
     return _xml(document)
 
 
-def _jobs_xml(jobs: list[JobRecord], base_url: str) -> bytes:
-    document = Jobs(
-        jobref=[
-            ShortJobDescription(
-                job_id=j.job_id,
-                href=f"{base_url}/uws/jobs/{j.job_id}",
-                phase=ExecutionPhase(j.phase.value),
-                run_id=j.run_id,
-                owner_id=j.owner,
-                creation_time=j.creation_time,
-            )
-            for j in jobs
-        ]
+def _listed_alone(job: JobRecord, base_url: str) -> bytes:
+    reference = ShortJobDescription(
+        job_id=job.job_id,
+        href=f"{base_url}/uws/jobs/{job.job_id}",
+        phase=ExecutionPhase(job.phase.value),
+        run_id=job.run_id,
+        owner_id=job.owner,
+        creation_time=job.creation_time,
     )
-    return _xml(document)
+    return _xml(Jobs(jobref=[reference]))
 
 
 def parameters_xml(job: JobRecord) -> bytes:
@@ -144,10 +139,10 @@ def _cut(text: str, mark: str) -> tuple[str, str]:
 
 
 def list_entry(job: JobRecord) -> ListEntry:
-    """The job's entries in both job-list formats, rendered by the same code as whole lists."""
+    """The job's entries in both job-list formats, rendered by vo-models and `job_json`."""
     mark = uuid.uuid4().hex
     json_text = json.dumps(job_json(job, mark), ensure_ascii=False, separators=(",", ":"))
-    xml_text = _jobs_xml([job], mark).decode()
+    xml_text = _listed_alone(job, mark).decode()
     if not (xml_text.startswith(JOBS_OPEN) and xml_text.endswith(JOBS_CLOSE)):
         raise RuntimeError(f"unexpected uws:jobs document from vo-models: {xml_text[:200]}")
     return ListEntry(
