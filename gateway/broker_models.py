@@ -180,15 +180,21 @@ class Option(_Doc):
     values: list[str]
 
 
-class Session(_Doc):
-    """ExecutionSessionResponse."""
+class _Accessible(_Doc):
+    """AccessibleComponent: the fields every response shares."""
 
     uuid: str
     name: str | None = None
-    type: str = "https://www.purl.org/ivoa.net/EB/schema/types/sessions/execution-session-1.0"
+    type: str
     created: datetime
     href: str
     messages: list[Message] = Field(default_factory=list)
+
+
+class Session(_Accessible):
+    """ExecutionSessionResponse."""
+
+    type: str = "https://www.purl.org/ivoa.net/EB/schema/types/sessions/execution-session-1.0"
     phase: Phase
     expires: datetime | None = None
     executable: DockerContainer | SingularityContainer
@@ -197,15 +203,10 @@ class Session(_Doc):
     options: list[Option] = Field(default_factory=list)
 
 
-class OfferSet(_Doc):
+class OfferSet(_Accessible):
     """OfferSetResponse."""
 
-    uuid: str
-    name: str | None = None
     type: str = "https://www.purl.org/ivoa.net/EB/schema/types/offersets/offerset-response-1.0"
-    created: datetime
-    href: str
-    messages: list[Message] = Field(default_factory=list)
     result: Literal["YES", "NO"]
     offers: list[Session] = Field(default_factory=list)
 
