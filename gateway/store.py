@@ -121,7 +121,7 @@ class JobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a list is built while its cache is locked
         self._lists: OrderedDict[tuple[Any, ...], JobList] = OrderedDict()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -231,21 +231,10 @@ class JobStore:
         last: int | None = None,
     ) -> list[str]:
         """The job-list entries of what `find` would return, with `base_url` in their links."""
-        with self._lock:
-            return self._entries(form, base_url, owner, phases, after, last)
-
-    def _entries(
-        self,
-        form: ListFormat,
-        base_url: str,
-        owner: str,
-        phases: Iterable[UWSPhase],
-        after: datetime | None,
-        last: int | None,
-    ) -> list[str]:
         where, args = _listed(owner, phases, after, last)
         sql = f"SELECT {form}_head || ? || {form}_tail FROM jobs {where}"
-        return [r[0] for r in self._db.execute(sql, [base_text(base_url, form), *args])]
+        with self._lock:
+            return [r[0] for r in self._db.execute(sql, [base_text(base_url, form), *args])]
 
     def listing(
         self,
@@ -261,7 +250,7 @@ class JobStore:
         key = (owner, form, base_url, wanted, after, last)
         with self._lock:
             if (document := self._lists.get(key)) is None:
-                entries = self._entries(form, base_url, owner, wanted, after, last)
+                entries = self.entries(form, base_url, owner, wanted, after, last)
                 document = self._lists[key] = JobList(jobs_document(entries, form))
                 while (
                     sum(len(d.body) for d in self._lists.values()) > LIST_CACHE_BYTES
