@@ -18,6 +18,18 @@ from blocks.local import LocalFacility
 from planner.models import TaskType
 
 PULLED_SCHEMES = ("https", "http", "docker", "oras", "library", "shub")
+SIF_MAGIC = b"SIF_MAGIC"
+
+
+def is_sif(path: Path) -> bool:
+    """Whether `path` is a regular file starting as a SIF image does (launch line, magic)."""
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as handle:
+            return handle.read(64)[32:41] == SIF_MAGIC
+    except OSError:
+        return False
 
 
 class ApptainerFacility(LocalFacility):
@@ -67,11 +79,12 @@ class ApptainerFacility(LocalFacility):
         """
         scheme, sep, _ = image.partition("://")
         if not sep:
-            path = Path(image).expanduser()
-            if not path.is_absolute() or not path.exists():
+            path = Path(image)
+            if not (path.is_absolute() and is_sif(path)):
+                # one answer for missing, unreadable and not-an-image: it may reach users
                 raise FatalError(
-                    f"image {image} is not an existing absolute path on facility "
-                    f"{self.facility_name} (or a URI: {', '.join(PULLED_SCHEMES)})"
+                    f"image {image} is not a SIF image file on facility {self.facility_name} "
+                    f"(give an absolute path to one, or a URI: {', '.join(PULLED_SCHEMES)})"
                 )
             return path
         if scheme not in PULLED_SCHEMES:

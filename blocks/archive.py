@@ -5,8 +5,6 @@ Every archived file carries its size, sha256 and adler32, whatever the store.
 
 from __future__ import annotations
 
-import os
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +13,7 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.checksums import digest
+from blocks.job_folder import copy_fd, open_file
 from blocks.jobs import OutputFile, relative_path
 from esap_prefect.settings import home
 
@@ -74,17 +73,18 @@ class LocalArchive(StoreBlock):
         return root
 
     def archive(self, run_key: str, files: Sequence[OutputFile]) -> list[ArchivedFile]:
-        """Copy each file in atomically, skipping copies already there with the same sha256."""
+        """Copy each file in atomically, skipping copies already there with the same sha256.
+
+        Only regular files are archived: a link is refused (UnsafeFile), never followed.
+        """
         base = self._root() / relative_path(run_key)
         archived = []
         for item in files:
             target = base / relative_path(item.name)
             source = digest(item.path)
             if not (target.exists() and digest(target).sha256 == source.sha256):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-                shutil.copyfile(item.path, partial)
-                partial.replace(target)
+                with open_file(item.path) as fd:
+                    copy_fd(fd, target)
             archived.append(
                 ArchivedFile(
                     name=item.name,

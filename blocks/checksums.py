@@ -6,9 +6,12 @@ One streaming pass computes all of them.
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from blocks.job_folder import open_file
 
 _CHUNK = 1 << 20
 
@@ -24,12 +27,16 @@ class FileDigest:
 
 
 def digest(path: Path) -> FileDigest:
-    """Size, sha256, md5 and adler32 (8 lowercase hex digits, as Rucio writes it)."""
+    """Size, sha256, md5 and adler32 (8 lowercase hex digits, as Rucio writes it).
+
+    Raises:
+        UnsafeFile: `path` is a link or not a regular file.
+    """
     sha = hashlib.sha256()
     md5 = hashlib.md5(usedforsecurity=False)
     adler = 1
     size = 0
-    with path.open("rb") as handle:
+    with open_file(path) as fd, os.fdopen(os.dup(fd), "rb") as handle:
         while chunk := handle.read(_CHUNK):
             sha.update(chunk)
             md5.update(chunk)

@@ -23,7 +23,7 @@ from blocks.errors import FatalError, TransientError
 from blocks.facility import FacilityBlock
 from blocks.jobs import JobOutputs, JobRef, JobSpec, JobStatus
 from blocks.local import collect_directory, machine_memory, prepare_directory
-from blocks.local_runner import META
+from blocks.local_runner import meta_dir
 from blocks.states import DOCKER_STATUS, JobState
 from esap_prefect.settings import home
 from planner.models import TaskType
@@ -164,19 +164,19 @@ class DockerFacility(FacilityBlock):
         elif spec.arguments:
             options["command"] = spec.arguments
         container = client.containers.create(spec.image, **options)
-        (directory / META / "started").write_text(str(time.time()))
+        (meta_dir(directory) / "started").write_text(str(time.time()))
         try:
             container.start()
         except APIError:
             # undo, so that submitting again starts the job afresh
             container.remove(force=True)
-            (directory / META / "spec.json").unlink()
+            (meta_dir(directory) / "spec.json").unlink()
             raise
 
     def poll(self, refs: Sequence[JobRef]) -> list[JobStatus]:
         """States from one container listing; finished containers are recorded and removed."""
         root = self._root()
-        pending = [r for r in refs if not (root / r.job_id / META / FINAL).exists()]
+        pending = [r for r in refs if not (meta_dir(root / r.job_id) / FINAL).exists()]
         listed: dict[str, dict[str, Any]] = {}
         if pending:
             with self._engine() as client:
@@ -194,7 +194,7 @@ class DockerFacility(FacilityBlock):
         item: dict[str, Any] | None,
     ) -> None:
         """Record a finished container (exit, logs) and remove it; kill one over its time."""
-        meta = directory / META
+        meta = meta_dir(directory)
         if not (meta / "spec.json").exists():
             raise KeyError(f"facility {self.facility_name} has no job {ref.job_id}")
         if item is None:
@@ -232,7 +232,7 @@ class DockerFacility(FacilityBlock):
         return time.time() - started > self.walltime_of(spec)
 
     def _status(self, ref: JobRef, directory: Path, item: dict[str, Any] | None) -> JobStatus:
-        final = directory / META / FINAL
+        final = meta_dir(directory) / FINAL
         if final.exists():
             record = json.loads(final.read_text())
             return JobStatus(
@@ -257,7 +257,7 @@ class DockerFacility(FacilityBlock):
         if live:
             with self._engine() as client:
                 for ref in live:
-                    (root / ref.job_id / META / CANCELLED).touch()
+                    (meta_dir(root / ref.job_id) / CANCELLED).touch()
                     with contextlib.suppress(NotFound, APIError):
                         client.api.kill(_container_name(ref.job_id))
             deadline = time.monotonic() + 10

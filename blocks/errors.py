@@ -19,4 +19,12 @@ class CredentialsError(FatalError, PermissionError):
 
 
 class UnknownBlockError(FatalError, LookupError):
-    """No saved facility or store has the name asked for."""
+    """No saved facility or store has the name asked for.
+
+    The message names only what was asked for (it may reach other users); `known` holds
+    the names that exist, for operators' tools to show.
+    """
+
+    def __init__(self, message: str, known: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.known = known

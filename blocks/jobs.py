@@ -6,13 +6,14 @@ The same models serve every facility; a facility adds nothing to them but its ow
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from blocks.job_folder import copy_fd, open_file
 from blocks.states import JobState
+from planner.models import MAX_CORES
 from planner.units import Duration, Memory
 
 _JOB_NAME = re.compile(r"^[A-Za-z0-9%][A-Za-z0-9._%-]{0,127}$")
@@ -47,6 +48,8 @@ def _env_names(value: dict[str, str]) -> dict[str, str]:
 
 JobName = Annotated[str, AfterValidator(_job_name)]
 RelativePath = Annotated[str, AfterValidator(relative_path)]
+Environment = Annotated[dict[str, str], AfterValidator(_env_names)]
+"""Environment variables: valid names, no NUL in values."""
 
 
 class _Model(BaseModel):
@@ -74,7 +77,8 @@ class InputFile(_Model):
         if self.content is not None:
             target.write_text(self.content)
         elif self.source is not None:
-            shutil.copyfile(self.source, target)
+            with open_file(self.source) as fd:
+                copy_fd(fd, target)
         if self.executable:
             target.chmod(0o755)
         return target
@@ -90,7 +94,7 @@ class JobSpec(_Model):
     )
     arguments: list[str] = Field(default_factory=list)
     image: str | None = Field(default=None, description="Container image the job runs in.")
-    env: Annotated[dict[str, str], AfterValidator(_env_names)] = Field(default_factory=dict)
+    env: Environment = Field(default_factory=dict)
     inputs: list[InputFile] = Field(default_factory=list)
     outputs: list[RelativePath] = Field(
         default_factory=list, description="Glob patterns, relative to the working directory."
@@ -102,7 +106,7 @@ class JobSpec(_Model):
     group: JobName | None = Field(
         default=None, description="The batch the job belongs to, e.g. one flow run."
     )
-    cores: int = Field(default=1, ge=1)
+    cores: int = Field(default=1, ge=1, le=MAX_CORES)
     memory: Memory | None = None
     walltime: Duration | None = Field(
         default=None, description="Wall-time limit (DIRAC: CPUTime); the facility default if unset."
@@ -175,13 +179,18 @@ class OutputFile(_Model):
 
 
 class JobOutputs(_Model):
-    """What came back from a job: declared outputs, logs, and patterns that matched nothing."""
+    """What came back from a job: declared outputs, logs, patterns unmatched, paths refused."""
 
     ref: JobRef
     files: list[OutputFile] = Field(default_factory=list)
     stdout: Path | None = None
     stderr: Path | None = None
     missing: list[str] = Field(default_factory=list)
+    refused: list[str] = Field(
+        default_factory=list,
+        description="Paths the output patterns met that are not regular files inside the "
+        "job's folder (links, FIFOs, devices), each with its reason; never collected.",
+    )
     lfns: list[str] = Field(
         default_factory=list, description="Output data left on the facility's storage."
     )

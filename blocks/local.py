@@ -5,11 +5,8 @@ It is the embedded default; wall time is enforced and cancel kills the whole gro
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +15,13 @@ from typing import ClassVar
 from pydantic import Field
 
 from blocks.facility import FacilityBlock
+from blocks.job_folder import UnsafeFile, place, scan_outputs
 from blocks.jobs import JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from blocks.local_runner import (
-    META,
     JobRecord,
     LocalRunner,
     exit_record,
+    meta_dir,
     read_exit_code,
     read_record,
     runner_for,
@@ -132,8 +130,7 @@ class LocalFacility(FacilityBlock):
         root = self._root()
         runner = self._runner()
         directory = root / ref.job_id
-        meta = directory / META
-        record = read_record(meta)
+        record = read_record(meta_dir(directory))
         if record is None:
             where = runner.where(ref.job_id)
             if where == "queued":
@@ -152,7 +149,7 @@ class LocalFacility(FacilityBlock):
 
         Never launched: queue it now. Still running: watch it. Ended: record how.
         """
-        meta = directory / META
+        meta = meta_dir(directory)
         if not (meta / "spec.json").exists():
             raise KeyError(f"facility {self.facility_name} has no job {ref.job_id}")
         spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
@@ -195,12 +192,13 @@ class LocalFacility(FacilityBlock):
 
 
 def prepare_directory(directory: Path, spec: JobSpec, facility: str) -> bool:
-    """Write the job's inputs and spec under `directory`; False when it was submitted before.
+    """Write the job's inputs in `directory`, its spec in its records; False if submitted before.
 
     A different spec under a name already used is refused (names are idempotency keys).
     """
-    meta = directory / META
+    meta = meta_dir(directory)
     wanted = spec.model_dump_json()
+    directory.mkdir(parents=True, exist_ok=True)
     try:
         meta.mkdir(parents=True)
     except FileExistsError:
@@ -218,44 +216,33 @@ def prepare_directory(directory: Path, spec: JobSpec, facility: str) -> bool:
 
 
 def collect_directory(ref: JobRef, directory: Path, target: Path) -> JobOutputs:
-    """A finished job's declared outputs and its logs (kept under .esap/) placed under `target`.
+    """A finished job's declared outputs and its logs, placed under `target`.
 
-    Used by every facility whose jobs run in a working directory on this host.
+    Used by every facility whose jobs run in a working directory on this host. Only regular
+    files inside the job's folder are taken; links, FIFOs and devices the patterns meet are
+    refused by name (in `JobOutputs.refused`), never followed or opened.
     """
-    spec = JobSpec.model_validate_json((directory / META / "spec.json").read_text())
-    files, missing = [], []
-    for pattern in spec.outputs:
-        matches = sorted(
-            Path(p)
-            for p in glob.glob(str(directory / pattern), recursive=True)
-            if Path(p).is_file() and META not in Path(p).relative_to(directory).parts
-        )
-        if not matches:
-            missing.append(pattern)
-        for path in matches:
-            relative = path.relative_to(directory)
-            files.append(
-                OutputFile(
-                    name=f"{ref.name}/{relative.as_posix()}",
-                    path=_place(path, target / relative),
-                )
-            )
+    meta = meta_dir(directory)
+    spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
+    found = scan_outputs(directory, spec.outputs)
+    files, refused = [], list(found.refused)
+    for relative in found.files:
+        try:
+            path = place(directory, relative, target / relative)
+        except UnsafeFile as exc:
+            refused.append(str(exc))
+            continue
+        files.append(OutputFile(name=f"{ref.name}/{relative}", path=path))
     logs = {
-        name: _place(directory / META / name, target / f"{name}.txt")
+        name: place(meta, name, target / f"{name}.txt")
         for name in ("stdout", "stderr")
-        if (directory / META / name).exists()
+        if (meta / name).exists()
     }
     return JobOutputs(
-        ref=ref, files=files, stdout=logs.get("stdout"), stderr=logs.get("stderr"), missing=missing
+        ref=ref,
+        files=files,
+        stdout=logs.get("stdout"),
+        stderr=logs.get("stderr"),
+        missing=found.missing,
+        refused=refused,
     )
-
-
-def _place(source: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        target.unlink()
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-    return target

@@ -1,7 +1,8 @@
 """Supervisor of local payload processes: a queue, core slots, wall time and cancel.
 
-One thread per job root waits on pidfds; each job's `.esap/` folder records its state on
-disk, so another process can take over jobs whose supervisor died.
+One thread per job root waits on pidfds; each job's records (`<root>/.esap/<job>/`, outside
+the folder the job writes) keep its state on disk, so another process can take over jobs
+whose supervisor died.
 """
 
 from __future__ import annotations
@@ -23,12 +24,21 @@ from blocks.states import JobState
 
 META = ".esap"
 # Runs the payload as a child so its exit code lands on disk even if the supervisor is gone.
-_WRAPPER = '"$@"; rc=$?; printf "%s\\n" "$rc" > .esap/exit_code; exit "$rc"'
+_WRAPPER = 'm=$1; shift; "$@"; rc=$?; printf "%s\\n" "$rc" > "$m/exit_code"; exit "$rc"'
+
+
+def meta_dir(directory: Path) -> Path:
+    """Where the facility keeps a job's records: beside its folder, never inside it.
+
+    A job writes its own folder (in a container, as another user); what the facility
+    writes and trusts (spec, pid, exit code, logs, outcome) must be out of its reach.
+    """
+    return directory.parent / META / directory.name
 
 
 @dataclass
 class JobRecord:
-    """A final outcome as written to `.esap/result.json`."""
+    """A final outcome as written to `result.json` in the job's records."""
 
     state: JobState
     exit_code: int | None
@@ -54,7 +64,7 @@ class _Job:
 
     @property
     def meta(self) -> Path:
-        return self.directory / META
+        return meta_dir(self.directory)
 
 
 def write_json(path: Path, data: object) -> None:
@@ -229,7 +239,7 @@ class LocalRunner:
             self._launch(job)
 
     def _launch(self, job: _Job) -> None:
-        argv = ["/bin/sh", "-c", _WRAPPER, "esap-job", *job.argv]
+        argv = ["/bin/sh", "-c", _WRAPPER, "esap-job", str(job.meta), *job.argv]
         started = time.time()
         try:
             with (job.meta / "stdout").open("wb") as out, (job.meta / "stderr").open("wb") as err:

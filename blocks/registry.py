@@ -64,8 +64,8 @@ def _one(types: tuple[type[B], ...], name: str, default: B, what: str) -> B:
         raise UnknownBlockError(f"{what} name {name!r} is ambiguous: use one of {kinds}")
     if plain == DEFAULT_NAME and not slug:
         return default
-    known = sorted({n for _, n in everything} | {DEFAULT_NAME})
-    raise UnknownBlockError(f"no {what} named {name!r}; known: {', '.join(known)}")
+    known = tuple(sorted({n for _, n in everything} | {DEFAULT_NAME}))
+    raise UnknownBlockError(f"no {what} named {name!r}", known)
 
 
 def facility_types() -> tuple[type[FacilityBlock], ...]:

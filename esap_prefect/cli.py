@@ -26,7 +26,7 @@ from esap_prefect.params import (
     read_params_file,
     validate_parameters,
 )
-from esap_prefect.settings import configure_prefect_environment, home
+from esap_prefect.settings import configure_prefect_environment, home, private_home
 
 if TYPE_CHECKING:
     from blocks.facility import FacilityBlock
@@ -63,6 +63,7 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
     """The ESAP batch back end on Prefect 3."""
+    os.umask(0o077)  # job folders, results, databases, logs: the owner's only
     if verbose:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
     configure_prefect_environment()
@@ -102,9 +103,21 @@ def run(
         flow, parameters = _collect_parameters(workflow, param or [], params_file, facility)
     state = flow(**parameters, return_state=True)
     if not state.is_completed():
-        typer.echo(f"error: {workflow} ended {state.name}: {state.message}", err=True)
+        typer.echo(
+            f"error: {workflow} ended {state.name}: {state.message}{_known(state)}", err=True
+        )
         raise typer.Exit(1)
     _print_json(state.result())
+
+
+def _known(state: Any) -> str:
+    """The names that exist, when a run failed on an unknown facility or store."""
+    from blocks.errors import UnknownBlockError
+
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, UnknownBlockError) and error.known:
+        return f"; known: {', '.join(error.known)}"
+    return ""
 
 
 def _print_json(result: Any) -> None:
@@ -388,7 +401,7 @@ def plan(
         try:
             candidates = [load_facility(facility)] if facility else list_facilities()
         except UnknownBlockError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(f"{exc}; known: {', '.join(exc.known)}") from None
     answer = match(task_request, [f.capabilities() for f in candidates])
     typer.echo(answer.model_dump_json(indent=2))
 
@@ -400,7 +413,7 @@ def _stack(host: str, port: int, gateway_port: int) -> Iterator[Any]:
 
     from deployments.stack import EmbeddedStack, StackError
 
-    stack = EmbeddedStack(home(), host=host, port=port, gateway_port=gateway_port)
+    stack = EmbeddedStack(private_home(), host=host, port=port, gateway_port=gateway_port)
     with _user_errors(), temporary_settings({PREFECT_API_URL: stack.api_url}):
         try:
             stack.start()

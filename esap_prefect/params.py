@@ -8,15 +8,82 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ValidationError, create_model
 
+MAX_TEXT = 65_536
+MAX_INTEGER = 2**53
+MAX_ITEMS = 10_000
+MAX_DEPTH = 32
+MAX_LISTED = 10
+# what XML 1.0 cannot carry, and the C1 controls: refused in every text a user sends
+_BAD_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
 
 class ParameterError(ValueError):
     """A parameter is missing, unknown or of the wrong type; the message names it."""
+
+
+def check_text(text: str, where: str, limit: int = MAX_TEXT) -> str:
+    """`text` if it is printable text of at most `limit` characters; ParameterError naming `where`.
+
+    Control characters (but tab and newlines), lone surrogates and non-characters are
+    refused: they break XML documents, logs and terminals downstream.
+    """
+    if len(text) > limit:
+        raise ParameterError(f"{where}: longer than {limit} characters")
+    bad = _BAD_CHARACTER.search(text)
+    if bad:
+        raise ParameterError(
+            f"{where}: holds the control character U+{ord(bad.group()):04X}, which is not allowed"
+        )
+    return text
+
+
+def printable(text: str) -> str:
+    """`text` with every character `check_text` refuses replaced by U+FFFD."""
+    return _BAD_CHARACTER.sub("\ufffd", text)
+
+
+def check_value(value: Any, where: str, depth: int = 0) -> Any:
+    """A parameter value checked all through: printable text, finite numbers of a sane size.
+
+    Integers beyond 2**53 (not exact in JSON), NaN and infinities, nesting deeper than 32 and
+    lists or objects of more than 10,000 items are refused, naming `where`.
+    """
+    if depth > MAX_DEPTH:
+        raise ParameterError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if abs(value) > MAX_INTEGER:
+            raise ParameterError(f"{where}: {str(value)[:20]}... is beyond +-2**53")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ParameterError(f"{where}: {value} is not a finite number")
+    elif isinstance(value, list | tuple | dict):
+        if len(value) > MAX_ITEMS:
+            raise ParameterError(f"{where}: more than {MAX_ITEMS} items")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                check_text(key, f"{where}: a key", 256)
+            check_value(item, f"{where}[{key!r:.40}]", depth + 1)
+    return value
+
+
+def listed(names: Iterable[str], limit: int = MAX_LISTED) -> str:
+    """Names joined by commas, at most `limit` of them, then how many more."""
+    items = list(names)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def parse_value(text: str) -> Any:
@@ -64,7 +131,9 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+        shown = repr(err["input"]) if "input" in err else ""
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        got = f" (got {shown})" if shown and err["type"] != "missing" else ""
         lines.append(f"{prefix}{where}: {err['msg']}{got}")
     return "; ".join(lines)
 
@@ -92,11 +161,15 @@ def validate_parameters(
     """
     signature = inspect.signature(fn)
     accepted = list(signature.parameters)
+    for name in parameters:
+        check_text(name, "a parameter name", 128)
     unknown = sorted(set(parameters) - set(accepted))
     if unknown:
         raise ParameterError(
-            f"{workflow} has no parameter {', '.join(unknown)}; it takes: {', '.join(accepted)}"
+            f"{workflow} has no parameter {listed(unknown)}; it takes: {', '.join(accepted)}"
         )
+    for name, value in parameters.items():
+        check_value(value, f"parameter {name}")
     model = _parameter_model(fn, workflow)
     try:
         checked = model.model_validate(parameters)

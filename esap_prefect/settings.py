@@ -13,10 +13,24 @@ DEFAULT_HOME = Path("~/.esap-prefect")
 
 
 def home() -> Path:
-    """$ESAP_PREFECT_HOME, default ~/.esap-prefect (created on first use)."""
+    """$ESAP_PREFECT_HOME, default ~/.esap-prefect (created on first use, owner only)."""
     path = Path(os.environ.get("ESAP_PREFECT_HOME", str(DEFAULT_HOME))).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def private_home() -> Path:
+    """The home made owner-only, with its databases (0700, files 0600), for the stack.
+
+    Homes made by earlier versions were world-readable; the gateway's and Prefect's
+    databases hold job parameters and token hashes.
+    """
+    root = home()
+    root.chmod(0o700)
+    for name in ("prefect.db", "gateway.db", "token"):
+        if (root / name).exists():
+            (root / name).chmod(0o600)
+    return root
 
 
 def stack_file() -> Path:

@@ -21,6 +21,7 @@ from blocks.basket import InputItem, parse_inputs
 from blocks.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from blocks.registry import load_facility, load_rucio_store, load_store
 from blocks.states import JobState
+from esap_prefect.params import printable
 from esap_prefect.settings import home
 from planner.models import PlanResponse, TaskRequest
 from tasks.archive import archive_outputs
@@ -84,7 +85,7 @@ def job_prefix(workflow: str) -> str:
 def _tail(path: Path | None, lines: int = 5) -> str:
     if path is None or not path.exists():
         return ""
-    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    return printable(" | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]))
 
 
 def _problems(statuses: Sequence[JobStatus], outputs: Sequence[JobOutputs]) -> list[str]:
@@ -97,6 +98,11 @@ def _problems(statuses: Sequence[JobStatus], outputs: Sequence[JobOutputs]) -> l
             problems.append(
                 f"{status.ref.name}: {status.state.value.lower()} "
                 f"({status.detail or 'no detail'})" + (f"; stderr: {stderr}" if stderr else "")
+            )
+        elif item and item.refused:
+            problems.append(
+                f"{status.ref.name}: outputs refused (only regular files inside the job's "
+                f"folder are collected): {'; '.join(item.refused[:5])}"
             )
         elif item and item.missing:
             problems.append(f"{status.ref.name}: completed without {', '.join(item.missing)}")
@@ -236,7 +242,7 @@ def execute(
     outputs = collect_outputs(chosen, statuses, home() / "runs" / run_key(workflow))
     problems = _problems(statuses, outputs)
     done = {s.ref for s in statuses if s.state is JobState.COMPLETED}
-    keep = [o for o in outputs if o.ref in done and not o.missing]
+    keep = [o for o in outputs if o.ref in done and not o.missing and not o.refused]
     if archive_logs:
         keep = [o.model_copy(update={"files": [*o.files, *_logs(o)]}) for o in keep]
     if archive_name is not None:

@@ -5,15 +5,15 @@ The workflow behind the ExecutionBroker's docker-container and singularity-conta
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.archive import ArchivedFile
-from blocks.jobs import JobSpec
+from blocks.jobs import Environment, JobSpec, RelativePath
 from flows.pipeline import JobReport, cancel_facility_jobs, execute, job_prefix
-from planner.models import PlanResponse, Resources, TaskRequest, TaskType
+from planner.models import MAX_CORES, PlanResponse, Resources, TaskRequest, TaskType
 from planner.units import Duration, Memory
 
 RUNTIMES: dict[str, TaskType] = {"docker": TaskType.DOCKER, "singularity": TaskType.SINGULARITY}
@@ -42,11 +42,11 @@ def run_container(
     image: str,
     runtime: Literal["docker", "singularity"] = "docker",
     command: list[str] | None = None,
-    environment: dict[str, str] | None = None,
-    cores: int = 1,
+    environment: Environment | None = None,
+    cores: Annotated[int, Field(ge=1, le=MAX_CORES)] = 1,
     memory: Memory | None = None,
     walltime: Duration = 3600,
-    outputs: list[str] | None = None,
+    outputs: list[RelativePath] | None = None,
     facility: str | None = None,
     store: str | None = None,
     inputs: list[str | dict[str, Any]] | None = None,

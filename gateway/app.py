@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prefect.client.orchestration import get_client
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import Authenticator
+from gateway.bodies import BodyLimit
 from gateway.broker import Broker
 from gateway.routes_broker import router as broker_router
 from gateway.routes_planner import facility_capabilities
@@ -44,6 +48,16 @@ class CompressDocuments:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plain = scope["type"] != "http" or RESULT_FILE.match(scope["path"])
         await (self.app if plain else self.gzip)(scope, receive, send)
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """400 naming the query or path values FastAPI refused, without pydantic's internals."""
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        f"{'.'.join(str(p) for p in error['loc'][1:]) or error['loc'][0]}: {error['msg']}"
+        for error in exc.errors()[:5]
+    ]
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=400)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -78,7 +92,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(uws_router)
     app.include_router(planner_router)
     app.include_router(broker_router)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(CompressDocuments)
+    app.add_middleware(BodyLimit, limit=config.max_body)
     return app
 
 
@@ -86,6 +102,7 @@ def serve(settings: GatewaySettings | None = None) -> None:
     """Run the gateway until interrupted."""
     import uvicorn
 
+    os.umask(0o077)  # the job table and anything else the gateway writes: owner only
     config = settings or GatewaySettings()
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
 

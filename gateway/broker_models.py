@@ -9,7 +9,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from esap_prefect.params import check_value
 
 SCHEMA = "https://www.purl.org/ivoa.net/EB/schema/types"
 DOCKER = f"{SCHEMA}/executables/docker-container-1.0"
@@ -34,6 +36,12 @@ class Phase(StrEnum):
 
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _printable(cls, value: Any, info: ValidationInfo) -> Any:
+        # every text and number a client sends: printable, finite, of a sane size
+        return check_value(value, info.field_name or "a field")
 
 
 class Message(_Doc):

@@ -6,11 +6,19 @@ Plain pydantic models shared by the store, the documents and the routes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from blocks.states import UWSPhase
+from esap_prefect.params import check_text
+
+
+def _text(limit: int) -> AfterValidator:
+    return AfterValidator(lambda value: check_text(value, "text", limit))
+
+
+Text = Annotated[str, _text(4096)]
 
 
 class Result(BaseModel):
@@ -18,10 +26,10 @@ class Result(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str
-    href: str
-    size: int | None = None
-    mime_type: str | None = None
+    id: Text
+    href: Text
+    size: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    mime_type: Annotated[str, _text(255)] | None = None
     location: str | None = None
 
 

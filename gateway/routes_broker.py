@@ -5,14 +5,13 @@ Bodies are JSON (or YAML); answers are JSON documents of the ExecutionBroker sch
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import yaml
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from gateway.auth import current_user
+from gateway.bodies import YAML_TYPES, media_type, parse_json, parse_yaml
 from gateway.broker import Broker
 from gateway.broker_models import OfferSet, OfferSetRequest, Session, UpdateRequest
 
@@ -20,19 +19,11 @@ router = APIRouter(tags=["ExecutionBroker"])
 
 
 async def _body(request: Request) -> Any:
-    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    raw = await request.body()
-    if kind in ("application/yaml", "application/x-yaml", "text/yaml"):
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise HTTPException(400, "the request body is not valid YAML") from None
+    kind = media_type(request)
     if kind.endswith("xml"):
         raise HTTPException(415, "XML bodies are not supported; send application/json or yaml")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise HTTPException(400, "the request body is not valid JSON") from None
+    raw = await request.body()
+    return parse_yaml(raw) if kind in YAML_TYPES else parse_json(raw)
 
 
 def _broker(request: Request) -> Broker:
@@ -67,7 +58,7 @@ def _body_schema(model: type[OfferSetRequest] | type[UpdateRequest]) -> dict[str
 )
 async def offerset_post(request: Request) -> JSONResponse:
     """Ask for offers to run an executable (docker or singularity container) with resources."""
-    user = current_user(request)
+    user = await current_user(request)
     body = await _body(request)
     base = str(request.app.state.settings.base_url)
     offers = await _broker(request).offer(user.user, body, base)
@@ -77,14 +68,14 @@ async def offerset_post(request: Request) -> JSONResponse:
 @router.get("/offersets/{uuid}", response_model=OfferSet, response_model_exclude_none=True)
 async def offerset_get(uuid: str, request: Request) -> JSONResponse:
     """An offer set and the current phase of each offer."""
-    user = current_user(request)
+    user = await current_user(request)
     return _document(_broker(request).offerset(user.user, uuid))
 
 
 @router.get("/sessions/{uuid}", response_model=Session, response_model_exclude_none=True)
 async def session_get(uuid: str, request: Request) -> JSONResponse:
     """An execution session; once accepted its phase follows the run."""
-    user = current_user(request)
+    user = await current_user(request)
     return _document(_broker(request).session(user.user, uuid))
 
 
@@ -96,6 +87,6 @@ async def session_get(uuid: str, request: Request) -> JSONResponse:
 )
 async def session_post(uuid: str, request: Request) -> JSONResponse:
     """Update a session: phase ACCEPTED starts the run, REJECTED or CANCELLED end it."""
-    user = current_user(request)
+    user = await current_user(request)
     body = await _body(request)
     return _document(await _broker(request).update(user.user, uuid, body))

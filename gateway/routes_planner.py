@@ -13,6 +13,7 @@ from blocks.errors import UnknownBlockError
 from blocks.registry import list_facilities
 from esap_prefect.params import describe
 from gateway.auth import current_user
+from gateway.bodies import json_body
 from planner.matching import match
 from planner.models import Capabilities, PlanResponse, ServiceInfo, TaskRequest
 
@@ -47,11 +48,8 @@ def _with_endpoints(answer: PlanResponse, base: str) -> PlanResponse:
 )
 async def plan(request: Request) -> PlanResponse:
     """Can this task, with these resources, run here? YES with offers (best first) or NO."""
-    current_user(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise HTTPException(400, "the request body is not valid JSON") from None
+    await current_user(request)
+    body = await json_body(request)
     try:
         task = TaskRequest.model_validate(body)
     except ValidationError as exc:

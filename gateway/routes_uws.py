@@ -6,6 +6,7 @@ Handlers are thin: they authenticate, parse, call `JobService`, and render a doc
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -14,7 +15,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from blocks.states import UWSPhase
+from esap_prefect.params import check_text
 from gateway.auth import Identity, current_user
+from gateway.bodies import json_body, media_type
 from gateway.documents import (
     ListFormat,
     availability_xml,
@@ -26,6 +29,7 @@ from gateway.documents import (
 )
 from gateway.records import JobRecord, Result
 from gateway.service import FINAL, JobService
+from planner.units import MAX_SECONDS
 
 router = APIRouter(prefix="/uws", tags=["UWS"])
 
@@ -56,6 +60,9 @@ PHASES = _body(
 XML = "application/xml"
 JSON = "application/json"
 User = Annotated[Identity, Depends(current_user)]
+MAX_RESULTS = 1000
+MAX_LAST = 2**31 - 1
+_SECONDS = re.compile(r"[0-9]{1,10}")
 CALLBACK_PHASES = {
     "EXECUTING": UWSPhase.EXECUTING,
     "COMPLETE": UWSPhase.COMPLETED,
@@ -84,18 +91,18 @@ def _text(value: Any) -> str:
 
 async def _fields(request: Request) -> dict[str, str]:
     """Form fields, or a JSON body (django-uws `parameters: [{key, value}]` or a flat object)."""
-    if "application/json" in request.headers.get("content-type", ""):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise HTTPException(400, "the request body is not valid JSON") from None
+    if media_type(request) == "application/json":
+        body = await json_body(request)
         if not isinstance(body, dict):
             raise HTTPException(400, "the JSON body must be an object")
+        items = body.get("parameters") or []
+        if not isinstance(items, list):
+            raise HTTPException(400, "parameters must be a list of {key, value} objects")
         fields = {k: _text(v) for k, v in body.items() if k != "parameters" and v is not None}
-        for item in body.get("parameters") or []:
+        for item in items:
             if not isinstance(item, dict) or "key" not in item:
                 raise HTTPException(400, "each of parameters must be an object with key and value")
-            fields[str(item["key"])] = _text(item.get("value", ""))
+            fields[_text(item["key"])] = _text(item.get("value", ""))
         return fields
     form = await request.form()
     return {k: v for k, v in form.items() if isinstance(v, str)}
@@ -127,11 +134,14 @@ def _phases(values: list[str]) -> list[UWSPhase]:
 
 
 def _timestamp(text: str, name: str) -> datetime:
+    """An ISO 8601 time, in UTC; 400 naming `name` when it is not one or falls outside 1-9999."""
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(400, f"{name} must be an ISO 8601 time, not {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        value = datetime.fromisoformat(check_text(text, name, 64).replace("Z", "+00:00"))
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise HTTPException(
+            400, f"{name} must be an ISO 8601 time between the years 1 and 9999 UTC"
+        ) from None
 
 
 def _one(fields: Mapping[str, str], name: str) -> str | None:
@@ -151,9 +161,9 @@ async def availability() -> Response:
 async def list_jobs(
     request: Request,
     user: User,
-    PHASE: Annotated[list[str] | None, Query()] = None,
+    PHASE: Annotated[list[str] | None, Query(max_length=20)] = None,
     AFTER: str | None = None,
-    LAST: Annotated[int | None, Query(ge=0)] = None,
+    LAST: Annotated[int | None, Query(ge=0, le=MAX_LAST)] = None,
 ) -> Response:
     """The caller's jobs, newest first, filtered by PHASE (repeatable), AFTER and LAST."""
     after = _timestamp(AFTER, "AFTER") if AFTER else None
@@ -198,7 +208,7 @@ async def get_job(
     request: Request,
     job_id: str,
     user: User,
-    WAIT: float | None = None,
+    WAIT: Annotated[float | None, Query(ge=-1, allow_inf_nan=False)] = None,
     PHASE: str | None = None,
 ) -> Response:
     """The job; with WAIT=seconds (-1: as long as allowed) block while it stays in its phase."""
@@ -248,22 +258,22 @@ async def get_phase(request: Request, job_id: str, user: User) -> str:
 async def post_phase(request: Request, job_id: str) -> Response:
     """PHASE=RUN or ABORT (the owner); EXECUTING, COMPLETE, ERROR (a job's call-back token)."""
     service = _service(request)
-    fields = await _fields(request)
-    wanted = (_one(fields, "PHASE") or "").upper()
     header = request.headers.get("authorization", "")
     if header.startswith("Token "):
         job = service.store.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
         service.callback(job, header.removeprefix("Token ").strip())
+        wanted = (_one(await _fields(request), "PHASE") or "").upper()
         if wanted not in CALLBACK_PHASES:
             raise HTTPException(400, f"a call-back sets PHASE to {', '.join(CALLBACK_PHASES)}")
         if job.phase in FINAL:
             raise HTTPException(400, f"job {job_id} is already {job.phase.value}")
         service.report(job, CALLBACK_PHASES[wanted])
     else:
-        user = current_user(request)
+        user = await current_user(request)
         job = service.owned(job_id, user.user)
+        wanted = (_one(await _fields(request), "PHASE") or "").upper()
         if wanted == "RUN":
             job = await service.run(job)
         elif wanted == "ABORT":
@@ -288,9 +298,11 @@ async def post_duration(request: Request, job_id: str, user: User) -> Response:
     """EXECUTIONDURATION=seconds, before the job runs."""
     service = _service(request)
     job = service.owned(job_id, user.user)
-    text = _one(await _fields(request), "EXECUTIONDURATION") or ""
-    if not text.strip().isdigit():
-        raise HTTPException(400, "EXECUTIONDURATION must be a whole number of seconds >= 0")
+    text = (_one(await _fields(request), "EXECUTIONDURATION") or "").strip()
+    if not _SECONDS.fullmatch(text) or int(text) > MAX_SECONDS:
+        raise HTTPException(
+            400, f"EXECUTIONDURATION must be a whole number of seconds from 0 to {MAX_SECONDS}"
+        )
     service.set_execution_duration(job, int(text))
     return _see(request, f"/uws/jobs/{job_id}")
 
@@ -374,9 +386,11 @@ async def post_results(request: Request, job_id: str) -> Response:
     service.callback(
         job, header.removeprefix("Token ").strip() if header.startswith("Token ") else None
     )
+    body = await json_body(request)
+    items = body if isinstance(body, list) else [body]
+    if len(items) + len(job.results) > MAX_RESULTS:
+        raise HTTPException(400, f"a job has at most {MAX_RESULTS} results")
     try:
-        body = await request.json()
-        items = body if isinstance(body, list) else [body]
         results = [
             Result(
                 id=str(i["key"]),
@@ -387,7 +401,9 @@ async def post_results(request: Request, job_id: str) -> Response:
             for i in items
         ]
     except (ValueError, KeyError, TypeError):
-        raise HTTPException(400, "results must be [{key, value, size, mimeType}]") from None
+        raise HTTPException(
+            400, "results must be [{key, value, size, mimeType}] of printable text"
+        ) from None
     service.report(job, job.phase, results)
     updated = service.store.get(job_id) or job
     return JSONResponse(job_json(updated, _base(request)), status_code=201)

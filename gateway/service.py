@@ -11,9 +11,11 @@ import hashlib
 import json
 import logging
 import mimetypes
+import os
 import secrets
+import stat
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from prefect.states import Cancelled, Cancelling
 from blocks.states import PREFECT_TO_UWS, UWSPhase
 from esap_prefect.params import ParameterError
 from gateway.records import JobRecord, Result
+from gateway.redact import public_message
 from gateway.settings import GatewaySettings
 from gateway.store import ACTIVE, JobStore
 from gateway.workflows import job_parameters
@@ -268,20 +271,30 @@ class JobService:
                 finished[gone] = (chunk[gone], self._vanished())
             for run in runs:
                 job = chunk[str(run.id)]
-                changes = self._changes(job, run)
-                if not changes:
-                    continue
-                if changes["phase"] in FINAL:
-                    finished[str(run.id)] = (job, changes)
-                else:
-                    self.store.update(job.job_id, **changes)
-                    self._notify(job.job_id)
+                with self._isolated(job, "follow its flow run"):
+                    changes = self._changes(job, run)
+                    if not changes:
+                        continue
+                    if changes["phase"] in FINAL:
+                        finished[str(run.id)] = (job, changes)
+                    else:
+                        self.store.update(job.job_id, **changes)
+                        self._notify(job.job_id)
         if finished:
             results = await self._results(finished)
             for run_id, (job, changes) in finished.items():
-                self.store.update(job.job_id, **changes, results=results.get(run_id, []))
-                self._notify(job.job_id)
+                with self._isolated(job, "record its end"):
+                    self.store.update(job.job_id, **changes, results=results.get(run_id, []))
+                    self._notify(job.job_id)
         await self._expire()
+
+    @contextlib.contextmanager
+    def _isolated(self, job: JobRecord, what: str) -> Iterator[None]:
+        """One job's failure is logged and skipped; the cycle goes on for everyone else."""
+        try:
+            yield
+        except Exception:
+            log.exception("gateway sync: could not %s for job %s", what, job.job_id)
 
     def _vanished(self) -> dict[str, Any]:
         """A job whose flow run was deleted in Prefect (by an operator): an error."""
@@ -307,7 +320,7 @@ class JobService:
             changes["token_hash"] = None
         if phase is UWSPhase.ERROR:
             changes["error_type"] = "transient" if run.state.type is StateType.CRASHED else "fatal"
-            changes["error_message"] = run.state.message or run.state.name
+            changes["error_message"] = public_message(run.state.message or run.state.name or "")
         return changes
 
     async def _results(
@@ -326,9 +339,10 @@ class JobService:
             rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
             if entry is None or not isinstance(rows, list):
                 continue
-            found[str(artifact.flow_run_id)] = [
-                self._result(entry[0], i, row) for i, row in enumerate(rows)
-            ]
+            with self._isolated(entry[0], "read its results"):
+                found[str(artifact.flow_run_id)] = [
+                    self._result(entry[0], i, row) for i, row in enumerate(rows)
+                ]
         return found
 
     def _result(self, job: JobRecord, index: int, row: dict[str, Any]) -> Result:
@@ -344,11 +358,14 @@ class JobService:
     async def _expire(self) -> None:
         moment = now()
         for job in self.store.expired(moment):
-            await self.delete(job)
+            with self._isolated(job, "destroy it"):
+                await self.delete(job)
         for job in self.store.active():
             limit = job.execution_duration
-            if job.phase is UWSPhase.EXECUTING and limit and job.start_time:  # noqa: SIM102
-                if job.start_time + timedelta(seconds=limit) < moment:
+            if job.phase is not UWSPhase.EXECUTING or not limit or job.start_time is None:
+                continue
+            with self._isolated(job, "enforce its executionduration"):
+                if (moment - job.start_time).total_seconds() > limit:
                     await self.abort(
                         job, f"exceeded its executionduration of {job.execution_duration} s"
                     )
@@ -359,6 +376,10 @@ class JobService:
             raise HTTPException(404, f"job {job.job_id} has no result {index}")
         location = job.results[index].location or ""
         path = Path(urlparse(location).path)
-        if not location.startswith("file://") or not path.is_file():
+        try:
+            regular = location.startswith("file://") and stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            regular = False
+        if not regular:  # an archived copy is a regular file, never a link
             raise HTTPException(404, f"result {index} of job {job.job_id} is not served here")
         return path

@@ -17,6 +17,11 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Everything the gateway needs to know; see the README's Configuration table."""
@@ -44,6 +49,10 @@ class GatewaySettings:
     )
     destruction_days: float = field(
         default_factory=lambda: _env_float("ESAP_GATEWAY_DESTRUCTION_DAYS", 30.0)
+    )
+    max_body: int = field(default_factory=lambda: _env_int("ESAP_GATEWAY_MAX_BODY", 1 << 20))
+    jwks_cooldown: float = field(
+        default_factory=lambda: _env_float("ESAP_GATEWAY_JWKS_COOLDOWN", 30.0)
     )
 
     @property

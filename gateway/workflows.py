@@ -10,13 +10,27 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from esap_prefect.params import ParameterError, parse_value, validate_parameters
+from esap_prefect.params import ParameterError, check_text, parse_value, validate_parameters
 from flows.registry import WORKFLOWS, Workflow
 
 # ESAP's GUI posts its Hello World with type "batch.submit".
 ALIASES = {"batch.submit": "hello-world"}
 SELECTORS = ("workflow", "type")
 RESERVED = ("phase", "runid")
+MAX_FIELDS = 100
+
+
+def check_fields(given: Mapping[str, str]) -> None:
+    """ParameterError unless there are at most 100 fields, all of printable text.
+
+    Everything a job keeps is shown again in XML and JSON documents, so nothing that
+    cannot be written there is accepted.
+    """
+    if len(given) > MAX_FIELDS:
+        raise ParameterError(f"more than {MAX_FIELDS} parameters ({len(given)})")
+    for key, value in given.items():
+        check_text(key, "a parameter name", 128)
+        check_text(value, f"parameter {key}")
 
 
 @functools.cache
@@ -41,6 +55,7 @@ def job_parameters(given: Mapping[str, str]) -> tuple[Workflow, dict[str, Any]]:
     Raises:
         ParameterError: naming the missing selector, an unknown or a mistyped parameter.
     """
+    check_fields(given)
     lowered = {k.lower(): (k, v) for k, v in given.items()}
     selector = next((lowered[s][1] for s in SELECTORS if s in lowered), None)
     if not selector:

@@ -9,9 +9,21 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from esap_prefect.params import check_value
 from planner.units import Duration, Memory
+
+MAX_CORES = 1_000_000
+"""The most cores any request may name."""
 
 
 class TaskType(StrEnum):
@@ -26,6 +38,12 @@ class TaskType(StrEnum):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _printable(cls, value: Any, info: ValidationInfo) -> Any:
+        # every text and number a request carries: printable, finite, of a sane size
+        return check_value(value, info.field_name or "a field")
 
 
 class ExecutableInfo(_Strict):
@@ -65,8 +83,8 @@ TASKINFO_MODELS: dict[TaskType, type[_Strict]] = {
 class Resources(_Strict):
     """Ranges of cores, memory and duration; a missing maximum means "as much as offered"."""
 
-    mincores: int = Field(default=1, ge=1)
-    maxcores: int | None = Field(default=None, ge=1)
+    mincores: int = Field(default=1, ge=1, le=MAX_CORES)
+    maxcores: int | None = Field(default=None, ge=1, le=MAX_CORES)
     minmemory: Memory = 0
     maxmemory: Memory | None = None
     minduration: Duration = 0

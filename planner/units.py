@@ -5,17 +5,40 @@ Values are held as whole seconds and bytes and written back in the planner's sho
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
-_DURATION_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:w|d|h|m|s))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)", re.ASCII)
+_DURATION_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:w|d|h|m|s))+$", re.ASCII)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 _DURATION_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)$", re.IGNORECASE)
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)$", re.IGNORECASE | re.ASCII)
 _MEMORY_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
+MAX_SECONDS = 10 * 366 * 86400
+"""The longest duration anything here accepts: ten years."""
+MAX_BYTES = 2**60
+"""The largest memory size anything here accepts: one EiB."""
+
+
+def _float(value: float | str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float
+        return math.inf
+
+
+def _bounded(amount: float, value: object, what: str, limit: int) -> int:
+    if math.isnan(amount):
+        raise ValueError(f"{what} {value!r:.40} is not a number")
+    if amount < 0:
+        raise ValueError(f"{what} {value!r:.40} is negative")
+    if amount > limit:
+        raise ValueError(f"{what} {value!r:.40} is beyond the largest allowed, {limit}")
+    return round(amount)
 
 
 def parse_duration(value: object) -> int:
@@ -27,22 +50,20 @@ def parse_duration(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _float(value)
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            seconds = float(text)
+        if _NUMBER.fullmatch(text):
+            seconds = _float(text)
         elif _DURATION_WHOLE.match(text):
-            seconds = sum(float(n) * _DURATION_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+            seconds = sum(_float(n) * _DURATION_SECONDS[u] for n, u in _DURATION_PART.findall(text))
         else:
             raise ValueError(
                 f"{value!r} is not a duration: use seconds or units w, d, h, m, s as in '9h30m'"
             )
     else:
-        raise ValueError(f"{value!r} is not a duration")
-    if seconds < 0:
-        raise ValueError(f"duration {value!r} is negative")
-    return round(seconds)
+        raise ValueError(f"{value!r:.40} is not a duration")
+    return _bounded(seconds, value, "duration", MAX_SECONDS)
 
 
 def format_duration(seconds: int) -> str:
@@ -69,7 +90,7 @@ def parse_memory(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a memory size")
     if isinstance(value, int | float):
-        size = float(value)
+        size = _float(value)
     elif isinstance(value, str):
         match = _MEMORY.match(value.strip())
         if not match:
@@ -77,12 +98,10 @@ def parse_memory(value: object) -> int:
                 f"{value!r} is not a memory size: use bytes or a unit K, M, G, T, P as in '8G'"
             )
         number, unit, _ = match.groups()
-        size = float(number) * 1024 ** _MEMORY_POWER[unit.upper()]
+        size = _float(number) * 1024 ** _MEMORY_POWER[unit.upper()]
     else:
-        raise ValueError(f"{value!r} is not a memory size")
-    if size < 0:
-        raise ValueError(f"memory size {value!r} is negative")
-    return round(size)
+        raise ValueError(f"{value!r:.40} is not a memory size")
+    return _bounded(size, value, "memory size", MAX_BYTES)
 
 
 def format_memory(size: int) -> str:

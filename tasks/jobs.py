@@ -134,9 +134,14 @@ def collect_outputs(
 ) -> list[JobOutputs]:
     """Fetch outputs and logs of every final job (failed ones too, for their logs)."""
     outputs = facility.fetch([s.ref for s in statuses if s.state.is_final], dest)
+    logger = get_run_logger()
     for item in outputs:
         if item.missing:
-            get_run_logger().warning(
-                "job %s produced no %s", item.ref.name, ", ".join(item.missing)
+            logger.warning("job %s produced no %s", item.ref.name, ", ".join(item.missing))
+        if item.refused:
+            logger.error(
+                "job %s: refused outputs (not regular files inside its folder): %s",
+                item.ref.name,
+                "; ".join(item.refused[:10]),
             )
     return outputs

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from tests.servers.diracx import DiracXServer
     from tests.servers.rucio import RucioServer
     from tests.servers.vo import VoService
+    from tests.stack import Gateway, Issuer
 
 
 @pytest.fixture(scope="session")
@@ -181,3 +182,20 @@ def sif_image(singularity: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     work = tmp_path_factory.mktemp("sif")
     return build_sif(singularity, work / "payload.sif", work)
+
+
+@pytest.fixture(scope="session")
+def issuer(vo: VoService) -> Issuer:
+    """An OIDC issuer (an RSA key, its JWKS served by the VO service)."""
+    from tests.stack import Issuer
+
+    return Issuer(vo)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[Gateway]:
+    """One whole `esap-prefect up` stack (server, worker, gateway) for the gateway tests."""
+    from tests.stack import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("gateway-home"), issuer) as gateway:
+        yield gateway

@@ -102,7 +102,7 @@ def test_unknown_parameter_lists_the_accepted_ones() -> None:
 def test_unknown_facility_is_a_clean_error(prefect_api: str) -> None:
     done = cli("run", "hello-world", "--facility", "mars", api=prefect_api)
     assert done.returncode == 1
-    assert "no facility named 'mars'" in done.stderr
+    assert "no facility named 'mars'; known: local" in done.stderr
 
 
 def test_plan_answers_the_seed_request(prefect_api: str, tmp_path: Path) -> None:

@@ -177,7 +177,7 @@ def test_apptainer_pulls_an_image_url_once_and_cancels_jobs(
     assert status.state is JobState.CANCELLED
     with pytest.raises(FatalError, match=r"pulling image http://127\.0\.0\.1:9/none\.sif failed"):
         apptainer_facility.local_image("http://127.0.0.1:9/none.sif")
-    with pytest.raises(FatalError, match="not an existing absolute path"):
+    with pytest.raises(FatalError, match="is not a SIF image file"):
         apptainer_facility.submit([JobSpec(name="nope", image="relative.sif")])
     with pytest.raises(FatalError, match="scheme ftp"):
         apptainer_facility.local_image("ftp://example.org/x.sif")

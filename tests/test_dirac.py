@@ -5,7 +5,6 @@ Nothing is mocked: calls are counted by wrapping the real client methods.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -15,17 +14,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from diracx.client._generated.operations._operations import JobsOperations
-from diracx.client.models import SandboxInfo
 from diracx.client.sync import SyncDiracClient
 from prefect import flow
 from pydantic import ValidationError
 
 from blocks import DiracFacility, InputFile, JobArray, JobRef, JobSpec, JobState, JobStatus
 from blocks.dirac.jdl import JDLError, JobDescription
-from blocks.errors import CredentialsError, FatalError
+from blocks.errors import CredentialsError
 from flows.pipeline import job_prefix
 from tasks.jobs import submit_jobs, wait_for_jobs
 from tests.gridsim import Fate, GridSimulator
@@ -327,23 +324,6 @@ def test_refused_credentials_are_not_retried(
     assert [r.run_count for r in runs] == [1], "refused credentials must not be retried"
 
 
-def _upload_raw_sandbox(facility: DiracFacility, data: bytes) -> str:
-    with SyncDiracClient(diracx_preferences=facility._prefs()) as client:
-        answer = client.jobs.initiate_sandbox_upload(
-            SandboxInfo(
-                checksum_algorithm="sha256",
-                checksum=hashlib.sha256(data).hexdigest(),
-                size=len(data),
-                format="tar.bz2",
-            )
-        )
-        if answer.url:
-            httpx.post(
-                answer.url, data=answer.fields, files={"file": ("file", data)}
-            ).raise_for_status()
-        return str(answer.pfn)
-
-
 def test_an_output_sandbox_escaping_its_folder_is_refused(
     grid: tuple[DiracFacility, GridSimulator], tmp_path: Path
 ) -> None:
@@ -354,12 +334,12 @@ def test_an_output_sandbox_escaping_its_folder_is_refused(
         member = tarfile.TarInfo("../../escaped.txt")
         member.size = 4
         tar.addfile(member, io.BytesIO(b"evil"))
-    pfn = _upload_raw_sandbox(facility, buffer.getvalue())
-    with SyncDiracClient(diracx_preferences=sim.prefs) as client:
-        client.jobs.assign_sandbox_to_job(int(ref.job_id), f'"{pfn}"')
-    with pytest.raises(FatalError, match=r"unsafe member '\.\./\.\./escaped\.txt'"):
-        facility.fetch([ref], tmp_path / "dest")
+    sim.return_sandbox(int(ref.job_id), buffer.getvalue())
+    [outputs] = facility.fetch([ref], tmp_path / "dest")
+    assert outputs.files == [] and len(outputs.refused) == 1
+    assert "unsafe member '../../escaped.txt'" in outputs.refused[0]
     assert not (tmp_path / "escaped.txt").exists()
+    assert list((tmp_path / "dest").iterdir()) == [], "nothing of a refused sandbox is kept"
     assert not list(tmp_path.rglob("escaped.txt"))
 
 

@@ -9,122 +9,35 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 from xml.etree import ElementTree
 
 import httpx
-import jwt
 import pytest
 import requests
 import schemathesis
 import xmlschema
-from cryptography.hazmat.primitives.asymmetric import rsa
 from diracx.client.sync import SyncDiracClient
 from diracx.core.models import ScalarSearchOperator
 from diracx.core.preferences import DiracxPreferences
 from hypothesis import HealthCheck, given, settings
-from jwt.algorithms import RSAAlgorithm
 from pyvo.dal.tap import AsyncTAPJob
 from pyvo.io.uws import parse_job, parse_job_list
 
-from deployments.processes import free_port
 from tests.servers.diracx import DiracXServer
-from tests.servers.vo import VoService
+from tests.stack import CLI, Gateway, Issuer
 
-CLI = str(Path(sys.executable).parent / "esap-prefect")
 XSD = Path(__file__).resolve().parent / "data" / "uws" / "UWS.xsd"  # IVOA UWS 1.1, offline
-
-
-class Gateway:
-    """A running gateway: its URL and an authenticated client."""
-
-    def __init__(self, url: str, token: str, home: Path) -> None:
-        self.url, self.token, self.home = url, token, home
-        self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
-        )
-
-    def create(self, **params: Any) -> str:
-        answer = self.http.post("/uws/jobs", data={k: str(v) for k, v in params.items()})
-        assert answer.status_code == 303, answer.text
-        location = answer.headers["location"]
-        assert location.startswith(f"{self.url}/uws/jobs/")
-        return location.rsplit("/", 1)[-1]
-
-    def wait_final(self, job_id: str, timeout: float = 180) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            answer = self.http.get(f"/uws/jobs/{job_id}", params={"WAIT": 10})
-            job = parse_job(io.BytesIO(answer.content))
-            if job.phase in ("COMPLETED", "ERROR", "ABORTED"):
-                return job
-        raise AssertionError(f"job {job_id} not final after {timeout}s")
 
 
 @pytest.fixture(scope="module")
 def schema() -> xmlschema.XMLSchema:
     return xmlschema.XMLSchema(str(XSD))
-
-
-class Issuer:
-    """An OIDC issuer as ESCAPE IAM would be: an RSA key whose JWKS a VO-style server serves."""
-
-    def __init__(self, vo: VoService) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
-        keys = {"keys": [{**jwk, "kid": "test-key", "use": "sig", "alg": "RS256"}]}
-        self.jwks_url = vo.file("oidc/jwks.json", json.dumps(keys).encode())
-        self.issuer = "https://iam.escape.test/"
-
-    def token(self, subject: str, lifetime: float = 300, **claims: Any) -> str:
-        now = int(time.time())
-        body = {"iss": self.issuer, "sub": subject, "aud": "esap", "iat": now}
-        body |= {"exp": now + int(lifetime), **claims}
-        return jwt.encode(body, self.key, algorithm="RS256", headers={"kid": "test-key"})
-
-
-@pytest.fixture(scope="module")
-def issuer(vo: VoService) -> Issuer:
-    return Issuer(vo)
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[Gateway]:
-    home = tmp_path_factory.mktemp("gateway-home")
-    port, gateway_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["ESAP_PREFECT_HOME"] = str(home)
-    env["ESAP_GATEWAY_SYNC_SECONDS"] = "0.2"
-    env["ESAP_GATEWAY_OIDC_ISSUER"] = issuer.issuer
-    env["ESAP_GATEWAY_OIDC_JWKS_URL"] = issuer.jwks_url
-    env["ESAP_GATEWAY_OIDC_AUDIENCE"] = "esap"
-    up = subprocess.Popen(
-        [CLI, "up", "--port", str(port), "--gateway-port", str(gateway_port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while not (home / "stack.json").exists():
-            assert up.poll() is None, up.communicate()
-            assert time.monotonic() < deadline, "up did not come up"
-            time.sleep(0.5)
-        token = subprocess.run(
-            [CLI, "token"], capture_output=True, text=True, env=env, check=True
-        ).stdout.strip()
-        yield Gateway(f"http://127.0.0.1:{gateway_port}", token, home)
-    finally:
-        up.send_signal(signal.SIGTERM)
-        up.communicate(timeout=120)
 
 
 def test_every_request_needs_a_valid_bearer_token(gateway: Gateway) -> None:
@@ -360,7 +273,7 @@ def test_oidc_users_see_and_touch_only_their_own_jobs(gateway: Gateway, issuer: 
     made = alice.post("/uws/jobs", data={"workflow": "hello-world"})
     assert made.status_code == 303
     job_id = made.headers["location"].rsplit("/", 1)[-1]
-    assert alice.get(f"/uws/jobs/{job_id}/owner").text == "alice"
+    assert alice.get(f"/uws/jobs/{job_id}/owner").text == issuer.owner("alice")
     assert job_id not in bob.get("/uws/jobs").text
     assert job_id not in gateway.http.get("/uws/jobs").text
     for answer in (

@@ -15,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from blocks import InputFile, JobRef, JobSpec, JobState, LocalFacility
+from blocks.local_runner import meta_dir
 from tests.helpers import wait_final
 
 
@@ -155,7 +156,7 @@ def test_term_ignoring_job_is_killed_after_the_grace(facility: LocalFacility) ->
     ready = jobs(facility) / "stubborn" / "ready"
     while not ready.exists():
         time.sleep(0.05)
-    pid = json.loads((ready.parent / ".esap" / "pid").read_text())["pid"]
+    pid = json.loads((meta_dir(ready.parent) / "pid").read_text())["pid"]
     facility.cancel(refs)
     assert _gone(pid, timeout=facility.kill_grace + 5)
 

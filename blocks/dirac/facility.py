@@ -5,10 +5,10 @@ Everything goes through `diracx-client`; one `jobs.search` answers a poll of any
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -32,6 +32,7 @@ from blocks.dirac.connection import (
 from blocks.dirac.jdl import JobDescription
 from blocks.errors import FatalError
 from blocks.facility import FacilityBlock
+from blocks.job_folder import UnsafeFile, scan_outputs
 from blocks.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from blocks.secret_files import write_secret_file
 from blocks.states import JobState, from_dirac
@@ -40,6 +41,7 @@ from planner.units import Duration, Memory
 
 MAX_PER_CALL = 20
 MAX_PER_PAGE = 10000
+SANDBOX_LOGS = ("std.out", "std.err")
 STATUS_FIELDS = ["JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus"]
 
 
@@ -303,52 +305,71 @@ class DiracFacility(FacilityBlock):
     # -- outputs, cancel, reschedule --------------------------------------------------------------
 
     def fetch(self, refs: Sequence[JobRef], dest: Path) -> list[JobOutputs]:
-        """Download each job's output sandbox (safely extracted) and list its output data."""
+        """Download each job's output sandbox (safely extracted) and list its output data.
+
+        A sandbox with an unsafe member (an absolute path, `..`, a link leaving its folder)
+        is refused for its job alone, and nothing of it is kept; the other jobs go on.
+        """
         prefs = self._prefs()
         results = []
         with sync_client(prefs, "fetch outputs") as client:
             for ref in refs:
                 target = dest / ref.name
-                target.mkdir(parents=True, exist_ok=True)
                 sandboxes = client.jobs.get_job_sandboxes(int(ref.job_id))
-                for pfn in sandboxes.get("Output") or []:
-                    self._download(prefs, str(pfn), target, ref)
+                try:
+                    self._download(
+                        prefs, [str(p) for p in sandboxes.get("Output") or []], target, ref
+                    )
+                except UnsafeFile as exc:
+                    results.append(JobOutputs(ref=ref, refused=[str(exc)]))
+                    continue
                 results.append(self._outputs(ref, target))
         return results
 
-    def _download(self, prefs: DiracxPreferences, pfn: str, target: Path, ref: JobRef) -> None:
-        async def download() -> None:
-            async with AsyncDiracClient(diracx_preferences=prefs) as client:
-                await download_sandbox(pfn, target, client=client)
+    def _download(
+        self, prefs: DiracxPreferences, pfns: Sequence[str], target: Path, ref: JobRef
+    ) -> None:
+        """Extract the sandboxes into a fresh folder, moved to `target` only if all were safe."""
 
+        async def download(staging: Path) -> None:
+            async with AsyncDiracClient(diracx_preferences=prefs) as client:
+                for pfn in pfns:
+                    await download_sandbox(pfn, staging, client=client)
+
+        staging = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         try:
             with translated(f"download the output sandbox of job {ref.job_id}"):
-                run_async(download())
+                run_async(download(staging))
         except tarfile.FilterError as exc:
-            raise FatalError(
+            shutil.rmtree(staging, ignore_errors=True)
+            raise UnsafeFile(
                 f"output sandbox of job {ref.name} ({ref.job_id}) holds an unsafe "
-                f"member {exc.tarinfo.name!r}: {exc}; nothing was kept"
+                f"member {exc.tarinfo.name!r}: {exc}; nothing of it was kept"
             ) from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(target, ignore_errors=True)
+        staging.replace(target)
 
     def _outputs(self, ref: JobRef, target: Path) -> JobOutputs:
+        """The declared outputs among the sandbox's regular files (links refused by name)."""
         spec_outputs = self._declared(ref)
-        present = sorted(
-            p.relative_to(target).as_posix()
-            for p in target.rglob("*")
-            if p.is_file() and p.name not in ("std.out", "std.err")
-        )
-        files, missing = [], []
-        for pattern in spec_outputs.get("outputs", []):
-            matched = [p for p in present if fnmatch.fnmatch(p, pattern)]
-            if not matched:
-                missing.append(pattern)
-            files += [OutputFile(name=f"{ref.name}/{p}", path=target / p) for p in matched]
+        found = scan_outputs(target, spec_outputs.get("outputs", []))
+        logs = {name: target / name for name in SANDBOX_LOGS if (target / name).is_file()}
         return JobOutputs(
             ref=ref,
-            files=files,
-            missing=missing,
-            stdout=target / "std.out" if (target / "std.out").exists() else None,
-            stderr=target / "std.err" if (target / "std.err").exists() else None,
+            files=[
+                OutputFile(name=f"{ref.name}/{p}", path=target / p)
+                for p in found.files
+                if p not in SANDBOX_LOGS
+            ],
+            missing=found.missing,
+            refused=found.refused,
+            stdout=logs.get("std.out"),
+            stderr=logs.get("std.err"),
             lfns=spec_outputs.get("lfns", []),
         )
 
@@ -358,7 +379,7 @@ class DiracFacility(FacilityBlock):
         try:
             data: dict[str, list[str]] = json.loads(path.read_text())
         except FileNotFoundError:
-            return {"outputs": ["*"]}
+            return {"outputs": ["**/*"]}
         return data
 
     def cancel(self, refs: Sequence[JobRef]) -> list[JobStatus]:

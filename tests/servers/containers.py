@@ -19,7 +19,21 @@ import docker
 from tests.servers.venvs import CACHE
 
 APPTAINER_ROOT = CACHE / "apptainer" / "root"
-APPLETS = ("sh", "echo", "cat", "ls", "env", "id", "sleep", "mkdir", "wc", "printenv", "pwd")
+APPLETS = (
+    "sh",
+    "echo",
+    "cat",
+    "ls",
+    "env",
+    "id",
+    "sleep",
+    "mkdir",
+    "wc",
+    "printenv",
+    "pwd",
+    "ln",
+    "mkfifo",
+)
 
 # What the test images run when no command is given: greet, list the inputs, write a file.
 PAYLOAD = """#!/bin/sh

@@ -1,0 +1,36 @@
+"""What a gateway user may read of an internal error: no host paths, no exception class names.
+
+Operators see the whole message in the Prefect UI; UWS clients see it through here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from esap_prefect.params import printable
+
+MAX_MESSAGE = 1000
+_PREFECT = re.compile(r"^(?:Flow run encountered an exception|Task run failed)[^:]*:\s*")
+# a Python exception's class name: CamelCase of two words or more ("JobsFailed: ...")
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?:[A-Z][a-z0-9]+){2,}\w*:\s*|^Exception:\s*")
+_FILE_URL = re.compile(r"file://\S*")
+_HOST_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.@%+=~-]+)+/?")
+
+
+def _last(match: re.Match[str]) -> str:
+    return ".../" + match.group().rstrip("/").rsplit("/", 1)[-1]
+
+
+def public_message(text: str) -> str:
+    """`text` as users may see it: printable, host paths cut to their last name, 1,000 characters.
+
+    "Flow run encountered an exception: FatalError: image /srv/x.sif is not ..." becomes
+    "image .../x.sif is not ...".
+    """
+    text = _PREFECT.sub("", printable(text).strip())
+    text = _EXCEPTION.sub("", text)
+    text = _FILE_URL.sub(_last, text)
+    text = _HOST_PATH.sub(_last, text)
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 3] + "..."
+    return text
