@@ -20,7 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["ESAP_PREFECT_HOME"] = tempfile.mkdtemp(prefix="esap-bench-dirac-")
 os.environ.pop("PREFECT_API_URL", None)
-from esap_prefect.settings import configure_prefect_environment
+from core.settings import configure_prefect_environment
 
 configure_prefect_environment()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 os.environ["ESAP_PREFECT_HOME"] = tempfile.mkdtemp(prefix="esap-bench-")
 os.environ.pop("PREFECT_API_URL", None)
-from esap_prefect.settings import configure_prefect_environment
+from core.settings import configure_prefect_environment
 
 configure_prefect_environment()
 

@@ -28,7 +28,7 @@ os.environ.pop("PREFECT_API_URL", None)
 
 import httpx  # noqa: E402
 
-from blocks.states import UWSPhase  # noqa: E402
+from core.states import UWSPhase  # noqa: E402
 from deployments.processes import free_port, spawn, stop_group  # noqa: E402
 from gateway.records import JobRecord  # noqa: E402
 from gateway.store import JobStore  # noqa: E402

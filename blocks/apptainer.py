@@ -12,9 +12,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from blocks.errors import FatalError
-from blocks.jobs import JobSpec
 from blocks.local import LocalFacility
+from core.errors import FatalError
+from core.jobs import JobSpec
 from planner.models import TaskType
 
 PULLED_SCHEMES = ("https", "http", "docker", "oras", "library", "shub")

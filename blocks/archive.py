@@ -12,10 +12,10 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.checksums import digest
-from blocks.job_folder import copy_fd, open_file
-from blocks.jobs import OutputFile, relative_path
-from esap_prefect.settings import home
+from core.checksums import digest
+from core.job_folder import copy_fd, open_file
+from core.jobs import OutputFile, relative_path
+from core.settings import home
 
 
 class ArchivedFile(BaseModel):

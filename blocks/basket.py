@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from blocks.errors import FatalError
+from core.errors import FatalError
 
 RUCIO_ARCHIVES = frozenset({"rucio"})
 VO_ARCHIVES = frozenset({"astron_vo", "vo_reg", "ivoa"})

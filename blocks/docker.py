@@ -19,15 +19,15 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from pydantic import Field
 
-from blocks.errors import FatalError, TransientError
 from blocks.facility import FacilityBlock
-from blocks.jobs import JobOutputs, JobRef, JobSpec, JobStatus
 from blocks.local import collect_directory, machine_memory, prepare_directory
 from blocks.local_runner import meta_dir
-from blocks.states import DOCKER_STATUS, JobState
-from esap_prefect.settings import home
+from core.errors import FatalError, TransientError
+from core.jobs import JobOutputs, JobRef, JobSpec, JobStatus
+from core.settings import home
+from core.states import DOCKER_STATUS, JobState
+from core.units import Duration, Memory
 from planner.models import TaskType
-from planner.units import Duration, Memory
 
 LABEL = "esap-prefect.job"
 FINAL = "final.json"

@@ -13,10 +13,10 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.errors import FatalError
-from blocks.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
+from core.errors import FatalError
+from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
+from core.units import Duration, Memory
 from planner.models import Capabilities, TaskType
-from planner.units import Duration, Memory
 
 
 class FacilityBlock(Block, ABC):

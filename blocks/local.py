@@ -15,8 +15,6 @@ from typing import ClassVar
 from pydantic import Field
 
 from blocks.facility import FacilityBlock
-from blocks.job_folder import UnsafeFile, place, scan_outputs
-from blocks.jobs import JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from blocks.local_runner import (
     JobRecord,
     LocalRunner,
@@ -27,9 +25,11 @@ from blocks.local_runner import (
     runner_for,
     write_record,
 )
-from blocks.states import JobState
-from esap_prefect.settings import home
-from planner.units import Duration, Memory
+from core.job_folder import UnsafeFile, place, scan_outputs
+from core.jobs import JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from core.settings import home
+from core.states import JobState
+from core.units import Duration, Memory
 
 _PASSED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from blocks.states import JobState
+from core.states import JobState, ended
 
 META = ".esap"
 # Runs the payload as a child so its exit code lands on disk even if the supervisor is gone.
@@ -112,16 +112,9 @@ def read_exit_code(meta: Path) -> int | None:
 
 
 def exit_record(exit_code: int | None, started: float | None) -> JobRecord:
-    """The final outcome of a job that ended by itself with `exit_code`."""
-    if exit_code == 0:
-        return JobRecord(JobState.COMPLETED, 0, "", started, time.time())
-    if exit_code is None:
-        reason = "the job ended without recording an exit code (killed from outside?)"
-    elif exit_code > 128:
-        reason = f"killed by signal {exit_code - 128}"
-    else:
-        reason = f"exit code {exit_code}"
-    return JobRecord(JobState.FAILED, exit_code, reason, started, time.time())
+    """The final outcome of a job that ended by itself with `exit_code` (the state table's)."""
+    outcome = ended(exit_code)
+    return JobRecord(outcome.state, outcome.exit_code, outcome.reason, started, time.time())
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -203,9 +196,10 @@ class LocalRunner:
             if running is None:
                 return None
             if running.outcome is None:
+                outcome = ended(None, cancelled=True)
                 self._stop(
                     running,
-                    JobRecord(JobState.CANCELLED, None, "cancelled", running.started, time.time()),
+                    JobRecord(outcome.state, None, outcome.reason, running.started, time.time()),
                 )
             return running.outcome
 
@@ -289,15 +283,10 @@ class LocalRunner:
             if job.outcome is None and job.started is not None:
                 left = job.started + job.walltime - now_wall
                 if left <= 0:
+                    outcome = ended(None, overtime=job.walltime)
                     self._stop(
                         job,
-                        JobRecord(
-                            JobState.FAILED,
-                            None,
-                            f"wall time of {job.walltime:g}s exceeded",
-                            job.started,
-                            now_wall,
-                        ),
+                        JobRecord(outcome.state, None, outcome.reason, job.started, now_wall),
                     )
                 else:
                     next_check = left if next_check is None else min(next_check, left)

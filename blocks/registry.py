@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from blocks.archive import LocalArchive, StoreBlock
-from blocks.errors import UnknownBlockError
 from blocks.facility import FacilityBlock
 from blocks.local import LocalFacility
+from core.errors import UnknownBlockError
 
 if TYPE_CHECKING:
     from blocks.rucio import RucioStore
@@ -31,6 +31,10 @@ def _saved(types: tuple[type[B], ...]) -> list[tuple[type[B], str]]:
                 documents = client.read_block_documents_by_type(cls.get_block_type_slug())
             except ObjectNotFound:
                 continue
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code == 404:  # a server that never saw this type
+                    continue
+                raise
             found.extend((cls, doc.name) for doc in documents if doc.name)
     return found
 
@@ -70,14 +74,14 @@ def _one(types: tuple[type[B], ...], name: str, default: B, what: str) -> B:
 
 def facility_types() -> tuple[type[FacilityBlock], ...]:
     """Every facility block type this project provides."""
-    from blocks import FACILITY_TYPES
+    from blocks.catalogue import FACILITY_TYPES
 
     return FACILITY_TYPES
 
 
 def store_types() -> tuple[type[StoreBlock], ...]:
     """Every store block type this project provides."""
-    from blocks import STORE_TYPES
+    from blocks.catalogue import STORE_TYPES
 
     return STORE_TYPES
 

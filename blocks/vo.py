@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict
 
 from blocks.basket import VoItem
-from blocks.checksums import digest
-from blocks.errors import FatalError, TransientError
+from core.checksums import digest
+from core.errors import FatalError, TransientError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -17,7 +17,9 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from prefect.workers.process import ProcessWorker
 
-from blocks import FACILITY_TYPES, STORE_TYPES, LocalArchive, LocalFacility
+from blocks.archive import LocalArchive
+from blocks.catalogue import FACILITY_TYPES, STORE_TYPES
+from blocks.local import LocalFacility
 from blocks.registry import DEFAULT_NAME
 from flows.pipeline import PROJECT_ROOT
 

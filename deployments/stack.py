@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+from core.settings import stack_file
 from deployments.processes import ProcessError, port_in_use, spawn, stop_group, wait_http_ok
-from esap_prefect.settings import stack_file
 
 
 class StackError(RuntimeError):

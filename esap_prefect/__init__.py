@@ -1,4 +1,4 @@
 """esap-prefect: the batch back end of the ESAP science platform, on Prefect 3.
 
-This package holds the command line and the project-wide settings.
+This package is the top layer: the `esap-prefect` command line.
 """

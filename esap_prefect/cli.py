@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 from pydantic import BaseModel, ValidationError
 
-from esap_prefect.params import (
+from core.params import (
     ParameterError,
     describe,
     parse_pairs,
@@ -26,7 +26,7 @@ from esap_prefect.params import (
     read_params_file,
     validate_parameters,
 )
-from esap_prefect.settings import configure_prefect_environment, home, private_home
+from core.settings import configure_prefect_environment, home, private_home
 
 if TYPE_CHECKING:
     from blocks.facility import FacilityBlock
@@ -112,7 +112,7 @@ def run(
 
 def _known(state: Any) -> str:
     """The names that exist, when a run failed on an unknown facility or store."""
-    from blocks.errors import UnknownBlockError
+    from core.errors import UnknownBlockError
 
     error = state.result(raise_on_failure=False)
     if isinstance(error, UnknownBlockError) and error.known:
@@ -241,7 +241,7 @@ def add_docker(
 ) -> None:
     """Save a Docker facility (containers on a Docker Engine) as a Prefect block."""
     from blocks.docker import DockerFacility
-    from blocks.errors import FatalError, TransientError
+    from core.errors import FatalError, TransientError
 
     with _user_errors():
         extra = {"max_cores": max_cores} if max_cores else {}
@@ -394,8 +394,8 @@ def plan(
             raise UserError(str(exc)) from None
         except ValidationError as exc:
             raise UserError(f"invalid planner request: {describe(exc)}") from None
-        from blocks.errors import UnknownBlockError
         from blocks.registry import list_facilities, load_facility
+        from core.errors import UnknownBlockError
         from planner.matching import match
 
         try:

@@ -16,9 +16,9 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.archive import ArchivedFile
-from blocks.jobs import InputFile, JobArray, JobRef, JobSpec, OutputFile
 from blocks.registry import load_store
-from blocks.states import JobState
+from core.jobs import InputFile, JobArray, JobRef, JobSpec, OutputFile
+from core.states import JobState
 from flows.pipeline import (
     PAYLOADS,
     JobReport,

@@ -13,12 +13,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict
 
 from blocks.basket import Inputs, parse_inputs
-from blocks.errors import FatalError, UnknownBlockError
 from blocks.registry import load_facility, load_rucio_store
 from blocks.rucio import RucioStore, StagedFile
 from blocks.rucio.staging import Rule
 from blocks.vo import FetchedFile
-from planner.units import parse_duration
+from core.errors import FatalError, UnknownBlockError
+from core.units import parse_duration
 from tasks.retry import unless_fatal
 from tasks.stage import fetch_vo_inputs, locate_inputs, stage_inputs
 

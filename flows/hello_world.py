@@ -12,7 +12,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict
 
 from blocks.archive import ArchivedFile
-from blocks.jobs import InputFile, JobSpec
+from core.jobs import InputFile, JobSpec
 from flows.pipeline import PAYLOADS, JobReport, cancel_facility_jobs, execute, job_prefix
 from planner.models import PlanResponse, Resources, TaskRequest, TaskType
 

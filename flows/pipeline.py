@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks.archive import ArchivedFile
 from blocks.basket import InputItem, parse_inputs
-from blocks.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from blocks.registry import load_facility, load_rucio_store, load_store
-from blocks.states import JobState
-from esap_prefect.params import printable
-from esap_prefect.settings import home
+from core.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from core.params import printable
+from core.settings import home
+from core.states import JobState
 from planner.models import PlanResponse, TaskRequest
 from tasks.archive import archive_outputs
 from tasks.jobs import collect_outputs, submit_jobs, wait_for_jobs

@@ -11,10 +11,10 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.archive import ArchivedFile
-from blocks.jobs import Environment, JobSpec, RelativePath
+from core.jobs import Environment, JobSpec, RelativePath
+from core.units import MAX_CORES, Duration, Memory
 from flows.pipeline import JobReport, cancel_facility_jobs, execute, job_prefix
-from planner.models import MAX_CORES, PlanResponse, Resources, TaskRequest, TaskType
-from planner.units import Duration, Memory
+from planner.models import PlanResponse, Resources, TaskRequest, TaskType
 
 RUNTIMES: dict[str, TaskType] = {"docker": TaskType.DOCKER, "singularity": TaskType.SINGULARITY}
 

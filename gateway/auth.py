@@ -20,8 +20,8 @@ import httpx
 import jwt
 from fastapi import HTTPException, Request
 
-from blocks.secret_files import write_secret_file
-from esap_prefect.params import ParameterError, check_text
+from core.files import write_secret_file
+from core.params import ParameterError, check_text
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("esap.gateway")

@@ -17,8 +17,8 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import TypeAdapter, ValidationError
 
-from blocks.states import UWSPhase
-from esap_prefect.params import describe
+from core.params import describe
+from core.states import UWSPhase
 from gateway.broker_models import (
     DOCKER,
     ENUM_UPDATE,

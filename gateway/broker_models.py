@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from esap_prefect.params import check_value
+from core.params import check_value
 
 SCHEMA = "https://www.purl.org/ivoa.net/EB/schema/types"
 DOCKER = f"{SCHEMA}/executables/docker-container-1.0"

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from blocks.states import UWSPhase
-from esap_prefect.params import check_text
+from core.params import check_text
+from core.states import UWSPhase
 
 
 def _text(limit: int) -> AfterValidator:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from esap_prefect.params import printable
+from core.params import printable
 
 MAX_MESSAGE = 1000
 _PREFECT = re.compile(r"^(?:Flow run encountered an exception|Task run failed)[^:]*:\s*")

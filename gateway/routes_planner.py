@@ -9,9 +9,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from blocks.errors import UnknownBlockError
 from blocks.registry import list_facilities
-from esap_prefect.params import describe
+from core.errors import UnknownBlockError
+from core.params import describe
 from gateway.auth import current_user
 from gateway.bodies import json_body
 from planner.matching import match

@@ -14,8 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from blocks.states import UWSPhase
-from esap_prefect.params import check_text
+from core.params import check_text
+from core.states import UWSPhase
+from core.units import MAX_SECONDS
 from gateway.auth import Identity, current_user
 from gateway.bodies import json_body, media_type
 from gateway.documents import (
@@ -29,7 +30,6 @@ from gateway.documents import (
 )
 from gateway.records import JobRecord, Result
 from gateway.service import FINAL, JobService
-from planner.units import MAX_SECONDS
 
 router = APIRouter(prefix="/uws", tags=["UWS"])
 

@@ -34,8 +34,8 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling
 
-from blocks.states import PREFECT_TO_UWS, UWSPhase
-from esap_prefect.params import ParameterError
+from core.params import ParameterError
+from core.states import PREFECT_TO_UWS, UWSPhase
 from gateway.records import JobRecord, Result
 from gateway.redact import public_message
 from gateway.settings import GatewaySettings
@@ -309,7 +309,7 @@ class JobService:
     def _changes(self, job: JobRecord, run: FlowRun) -> dict[str, Any]:
         if run.state is None:
             return {}
-        phase = PREFECT_TO_UWS.get(run.state.type, UWSPhase.UNKNOWN)
+        phase = PREFECT_TO_UWS.get(run.state.type.value, UWSPhase.UNKNOWN)
         if phase is job.phase:
             return {}
         changes: dict[str, Any] = {"phase": phase}

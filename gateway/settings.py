@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esap_prefect.settings import home
+from core.settings import home
 
 
 def _env_float(name: str, default: float) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from blocks.states import UWSPhase
+from core.states import UWSPhase
 from gateway.documents import (
     JobList,
     ListEntry,

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from esap_prefect.params import ParameterError, check_text, parse_value, validate_parameters
+from core.params import ParameterError, check_text, parse_value, validate_parameters
 from flows.registry import WORKFLOWS, Workflow
 
 # ESAP's GUI posts its Hello World with type "batch.submit".

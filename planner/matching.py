@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from core.units import format_duration, format_memory
 from planner.models import (
     Capabilities,
     Offer,
@@ -15,7 +16,6 @@ from planner.models import (
     ServiceInfo,
     TaskRequest,
 )
-from planner.units import format_duration, format_memory
 
 
 def _refusal(request: TaskRequest, cap: Capabilities) -> str | None:

@@ -19,11 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from esap_prefect.params import check_value
-from planner.units import Duration, Memory
-
-MAX_CORES = 1_000_000
-"""The most cores any request may name."""
+from core.params import check_value
+from core.units import MAX_CORES, Duration, Memory
 
 
 class TaskType(StrEnum):

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from blocks.archive import ArchivedFile, StoreBlock
-from blocks.jobs import JobOutputs
+from core.jobs import JobOutputs
 from tasks.retry import unless_fatal
 
 

@@ -16,10 +16,10 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
-from blocks.errors import FatalError, TransientError
 from blocks.facility import FacilityBlock
-from blocks.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
-from blocks.states import JobState
+from core.errors import FatalError, TransientError
+from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
+from core.states import JobState
 from tasks.retry import unless_fatal
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from blocks.errors import FatalError
 from blocks.registry import list_facilities, load_facility
+from core.errors import FatalError
 from planner.matching import match
 from planner.models import PlanResponse, TaskRequest
 from tasks.retry import unless_fatal

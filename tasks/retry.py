@@ -10,7 +10,7 @@ from typing import Any
 from prefect import Task
 from prefect.client.schemas.objects import State, TaskRun
 
-from blocks.errors import FatalError
+from core.errors import FatalError
 
 
 def unless_fatal(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:

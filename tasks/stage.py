@@ -19,9 +19,9 @@ from prefect.artifacts import (
 )
 
 from blocks.basket import VoItem
-from blocks.jobs import InputFile
 from blocks.rucio import RucioStore, StagedInputs, StageProgress
 from blocks.vo import FetchedFile, fetch_vo
+from core.jobs import InputFile
 from tasks.retry import unless_fatal
 
 MANIFEST = "inputs.json"

@@ -16,7 +16,7 @@ os.environ["ESAP_PREFECT_HOME"] = str(_HOME)
 for _leftover in ("PREFECT_API_URL", "PREFECT_PROFILE"):
     os.environ.pop(_leftover, None)
 
-from esap_prefect.settings import configure_prefect_environment  # noqa: E402
+from core.settings import configure_prefect_environment  # noqa: E402
 
 configure_prefect_environment()
 

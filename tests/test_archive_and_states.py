@@ -10,8 +10,16 @@ import pytest
 from prefect.client.schemas.objects import StateType
 
 from blocks import LocalArchive, OutputFile
-from blocks.checksums import digest
-from blocks.states import DIRAC_STATUS, PREFECT_STATE, UWS_PHASE, JobState, UWSPhase, from_dirac
+from core.checksums import digest
+from core.states import (
+    DIRAC_STATUS,
+    PREFECT_STATE,
+    PREFECT_TO_UWS,
+    UWS_PHASE,
+    JobState,
+    UWSPhase,
+    from_dirac,
+)
 
 
 def test_digest_matches_reference_implementations(tmp_path: Path) -> None:
@@ -72,8 +80,10 @@ def test_every_dirac_status_has_a_state_and_phase() -> None:
         "Deleted": UWSPhase.ABORTED,
     }
     assert {s: UWS_PHASE[from_dirac(s)] for s in DIRAC_STATUS} == expected
-    assert PREFECT_STATE[from_dirac("Matched")] is StateType.PENDING
-    assert PREFECT_STATE[from_dirac("Killed")] is StateType.CANCELLED
+    assert PREFECT_STATE[from_dirac("Matched")] == StateType.PENDING
+    assert PREFECT_STATE[from_dirac("Killed")] == StateType.CANCELLED
+    # every Prefect state type a flow run can have gives the UWS phase of its job
+    assert set(PREFECT_TO_UWS) == {t.value for t in StateType}
     assert {s for s in DIRAC_STATUS if from_dirac(s).is_final} == {
         "Done",
         "Completed",

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from blocks.states import UWSPhase
+from core.states import UWSPhase
 from gateway.broker import JOB_PHASES, Broker, iso_duration
 from gateway.broker_models import Phase
 from gateway.service import now

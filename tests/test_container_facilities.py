@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from blocks import ApptainerFacility, DockerFacility, JobSpec, JobState
-from blocks.errors import FatalError
 from blocks.facility import FacilityBlock
-from blocks.jobs import JobRef, JobStatus
+from core.errors import FatalError
+from core.jobs import JobRef, JobStatus
 from tests.servers.containers import DockerEngine
 
 IMAGE = "esap-test/payload:1"
@@ -117,7 +117,7 @@ def test_docker_refuses_missing_images_and_imageless_jobs(
 
 
 def test_docker_unreachable_engine_is_transient(tmp_path: Path) -> None:
-    from blocks.errors import TransientError
+    from core.errors import TransientError
 
     facility = DockerFacility(base_url=f"unix://{tmp_path}/none.sock", workdir=tmp_path)
     with pytest.raises(TransientError, match="Docker Engine of docker unreachable"):

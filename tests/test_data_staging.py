@@ -14,8 +14,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from blocks import LocalFacility
-from blocks.errors import FatalError
 from blocks.rucio import RucioStore
+from core.errors import FatalError
 from flows.data_staging import data_staging
 from flows.hello_world import hello_world
 from tests.servers.rucio import RucioServer

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from blocks import DiracFacility, InputFile, JobArray, JobRef, JobSpec, JobState, JobStatus
 from blocks.dirac.jdl import JDLError, JobDescription
-from blocks.errors import CredentialsError
+from core.errors import CredentialsError
 from flows.pipeline import job_prefix
 from tasks.jobs import submit_jobs, wait_for_jobs
 from tests.gridsim import Fate, GridSimulator

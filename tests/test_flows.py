@@ -17,9 +17,9 @@ from prefect.client.schemas.filters import (
 )
 
 from blocks import JobRef, JobSpec, JobStatus, LocalFacility
-from blocks.checksums import digest
-from blocks.errors import UnknownBlockError
 from blocks.local_runner import meta_dir
+from core.checksums import digest
+from core.errors import UnknownBlockError
 from flows.hello_world import HelloWorldResult, hello_world
 from flows.pipeline import JobsFailed, execute, job_prefix
 from planner.models import PlanResponse, TaskRequest, TaskType

@@ -19,7 +19,7 @@ import xmlschema
 from vo_models.uws import Jobs, ShortJobDescription
 from vo_models.uws.types import ExecutionPhase
 
-from blocks.states import UWSPhase
+from core.states import UWSPhase
 from gateway.documents import job_json, jobs_document
 from gateway.records import JobRecord, Result
 from gateway.store import JobStore

@@ -29,7 +29,7 @@ import psutil
 import pytest
 from prefect import flow
 
-from blocks.states import UWSPhase
+from core.states import UWSPhase
 from deployments.processes import free_port, wait_http_ok
 from gateway.records import JobRecord
 from gateway.service import JobService

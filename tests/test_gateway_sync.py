@@ -11,7 +11,7 @@ from prefect import flow
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.states import Completed, Running
 
-from blocks.states import UWSPhase
+from core.states import UWSPhase
 from gateway.records import JobRecord
 from gateway.service import JobService
 from gateway.settings import GatewaySettings

@@ -18,11 +18,11 @@ import pytest
 from prefect import flow
 
 from blocks import ApptainerFacility, DockerFacility, JobSpec, JobState, LocalFacility
-from blocks.errors import FatalError
 from blocks.facility import FacilityBlock
-from blocks.job_folder import UnsafeFile, glob_match, place, scan_outputs
-from blocks.jobs import JobOutputs, JobRef, JobStatus
 from blocks.local_runner import meta_dir
+from core.errors import FatalError
+from core.job_folder import UnsafeFile, glob_match, place, scan_outputs
+from core.jobs import JobOutputs, JobRef, JobStatus
 from flows.pipeline import PipelineResult, execute, job_prefix
 from planner.models import PlanResponse, TaskRequest, TaskType
 from tests.gridsim import GridSimulator
@@ -272,7 +272,7 @@ def test_glob_patterns_keep_their_shell_meaning() -> None:
 def test_a_folder_of_too_many_entries_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import blocks.job_folder as job_folder
+    import core.job_folder as job_folder
 
     monkeypatch.setattr(job_folder, "MAX_ENTRIES", 50)
     folder = tmp_path / "job"

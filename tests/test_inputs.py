@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from blocks.basket import parse_inputs
-from blocks.errors import FatalError
 from blocks.vo import fetch_vo
+from core.errors import FatalError
 from tests.servers.vo import VoService
 
 

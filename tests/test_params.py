@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from esap_prefect.params import ParameterError, parse_pairs, parse_value, read_params_file
+from core.params import ParameterError, parse_pairs, parse_value, read_params_file
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from urllib.parse import urlparse
 import pytest
 from pydantic import SecretStr
 
-from blocks.errors import CredentialsError, FatalError
 from blocks.rucio import RucioStore, StageProgress, StagingError
+from core.errors import CredentialsError, FatalError
 from tests.servers.rucio import RucioServer
 
 

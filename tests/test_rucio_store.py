@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import OutputFile, RucioStore
-from blocks.errors import CredentialsError, FatalError
+from core.errors import CredentialsError, FatalError
 from flows.cta_mc_production import cta_mc_production
 from flows.hello_world import hello_world
 from tests.servers.rucio import RucioServer

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.units import format_duration, format_memory, parse_duration, parse_memory
+from core.units import format_duration, format_memory, parse_duration, parse_memory
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from azure.core.exceptions import (
 from diracx.client.sync import SyncDiracClient
 from diracx.core.preferences import DiracxPreferences
 
-from blocks.errors import CredentialsError, FatalError, TransientError
+from core.errors import CredentialsError, FatalError, TransientError
 
 T = TypeVar("T")
 

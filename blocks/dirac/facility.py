@@ -30,14 +30,14 @@ from blocks.dirac.connection import (
     translated,
 )
 from blocks.dirac.jdl import JobDescription
-from blocks.errors import FatalError
 from blocks.facility import FacilityBlock
-from blocks.job_folder import UnsafeFile, scan_outputs
-from blocks.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
-from blocks.secret_files import write_secret_file
-from blocks.states import JobState, from_dirac
-from esap_prefect.settings import home
-from planner.units import Duration, Memory
+from core.errors import FatalError
+from core.files import write_secret_file
+from core.job_folder import UnsafeFile, scan_outputs
+from core.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from core.settings import home
+from core.states import JobState, from_dirac
+from core.units import Duration, Memory
 
 MAX_PER_CALL = 20
 MAX_PER_PAGE = 10000

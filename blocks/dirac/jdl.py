@@ -13,7 +13,7 @@ from typing import Annotated, Self
 from DIRACCommon.Core.Utilities.ClassAd.ClassAdLight import ClassAd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from blocks.errors import FatalError
+from core.errors import FatalError
 
 # Measured against DIRACCommon 9.1's ClassAd: '"' and ';' end a value early, '[' hangs
 # the parser, and list items lose their whitespace.

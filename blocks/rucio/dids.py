@@ -10,7 +10,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict
 
-from blocks.errors import FatalError
+from core.errors import FatalError
 
 _SCOPE = re.compile(r"^[A-Za-z0-9._-]{1,25}$")
 _WILDCARDS = set("*?[]%")

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from blocks.errors import CredentialsError, FatalError, TransientError
-from blocks.secret_files import write_secret_file
-from esap_prefect.settings import home
+from core.errors import CredentialsError, FatalError, TransientError
+from core.files import write_secret_file
+from core.settings import home
 
 _CONFIG_LOCK = threading.RLock()
 

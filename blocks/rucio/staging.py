@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from blocks.errors import FatalError
 from blocks.rucio.dids import Did
 from blocks.rucio.session import rucio_logger
+from core.errors import FatalError
 
 SHOWN = 20
 

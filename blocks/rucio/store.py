@@ -13,9 +13,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from blocks.archive import ArchivedFile, StoreBlock
-from blocks.checksums import digest
-from blocks.errors import FatalError
-from blocks.jobs import OutputFile, relative_path
 from blocks.rucio.dids import Did
 from blocks.rucio.session import rucio_client, rucio_logger, write_client_config
 from blocks.rucio.staging import (
@@ -28,7 +25,10 @@ from blocks.rucio.staging import (
     resolve,
     wait_for_rules,
 )
-from planner.units import Duration
+from core.checksums import digest
+from core.errors import FatalError
+from core.jobs import OutputFile, relative_path
+from core.units import Duration
 
 
 class RucioStore(StoreBlock):

@@ -22,6 +22,8 @@ MAX_SECONDS = 10 * 366 * 86400
 """The longest duration anything here accepts: ten years."""
 MAX_BYTES = 2**60
 """The largest memory size anything here accepts: one EiB."""
+MAX_CORES = 1_000_000
+"""The most cores any request may name."""
 
 
 def _float(value: float | str) -> float:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
-from blocks.errors import FatalError
-from esap_prefect.params import ParameterError, check_text, printable
+from core.errors import FatalError
+from core.params import ParameterError, check_text, printable
 
 MAX_ENTRIES = 200_000
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -11,10 +11,9 @@ from typing import Annotated, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from blocks.job_folder import copy_fd, open_file
-from blocks.states import JobState
-from planner.models import MAX_CORES
-from planner.units import Duration, Memory
+from core.job_folder import copy_fd, open_file
+from core.states import JobState
+from core.units import MAX_CORES, Duration, Memory
 
 _JOB_NAME = re.compile(r"^[A-Za-z0-9%][A-Za-z0-9._%-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -11,7 +11,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from blocks.job_folder import open_file
+from core.job_folder import open_file
 
 _CHUNK = 1 << 20
 
