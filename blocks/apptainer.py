@@ -63,8 +63,11 @@ class ApptainerFacility(LocalFacility):
     )
     pull_timeout: float = Field(default=600, gt=0, description="Seconds one image pull may take.")
 
-    def _check(self, spec: JobSpec) -> None:
-        self.check_container(spec)
+    def check(self, spec: JobSpec) -> None:
+        """The common checks, and the image found (or pulled) before anything is submitted."""
+        super().check(spec)
+        assert spec.image is not None
+        self.local_image(spec.image)
 
     def _images(self) -> Path:
         cache = (self.image_cache or self._root() / ".images").expanduser().resolve()

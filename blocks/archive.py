@@ -13,6 +13,7 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.checksums import digest
+from core.files import PARTIAL
 from core.job_folder import copy_fd, open_file
 from core.jobs import OutputFile, relative_path
 from core.settings import home
@@ -104,5 +105,5 @@ class LocalArchive(StoreBlock):
         return sorted(
             p.relative_to(base).as_posix()
             for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".partial")
+            if p.is_file() and not p.name.endswith(PARTIAL)
         )

@@ -1,7 +1,8 @@
 """The Docker facility: each job a container on a Docker Engine, its working directory bound in.
 
-Polling is one container listing per call; a finished container leaves its logs and exit
-record in the job directory and is removed.
+Polling is one container listing per call; an ended container's exit and logs are recorded
+beside its folder, and it is removed once its outputs are fetched. A watcher thread enforces
+wall time from labels the containers carry.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,16 +23,26 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from pydantic import Field
 
 from blocks.facility import FacilityBlock
-from blocks.local import collect_directory, machine_memory, prepare_directory
+from blocks.local import (
+    collect_directory,
+    machine_memory,
+    prepare_directory,
+    submitted_before,
+)
 from blocks.local_runner import meta_dir
-from core.errors import FatalError, TransientError
+from core.backoff import wait_until
+from core.errors import FatalError, JobRefused, TransientError
+from core.files import write_atomic, write_json
 from core.jobs import JobOutputs, JobRef, JobSpec, JobStatus
 from core.settings import home
-from core.states import DOCKER_STATUS, JobState
+from core.states import DOCKER_STATUS, JobState, Outcome, ended
 from core.units import Duration, Memory
 from planner.models import TaskType
 
 LABEL = "esap-prefect.job"
+GROUP = "esap-prefect.group"
+RECORDS = "esap-prefect.records"
+DEADLINE = "esap-prefect.deadline"
 FINAL = "final.json"
 CANCELLED = "cancelled"
 OVERTIME = "walltime"
@@ -40,7 +53,7 @@ class DockerFacility(FacilityBlock):
 
     Each job's working directory (inputs, outputs) is bound into its container at the same
     path and is its working directory; cores and memory become the container's limits, the
-    wall time is enforced at each poll, cancel kills the container.
+    wall time is enforced by a watcher thread, cancel kills the container.
 
     Example:
         ```python
@@ -105,7 +118,7 @@ class DockerFacility(FacilityBlock):
         finally:
             client.close()
 
-    def check(self) -> str:
+    def engine_version(self) -> str:
         """The engine's version, or an error saying why it cannot be reached."""
         with self._engine() as client:
             return str(client.version().get("Version", "unknown"))
@@ -115,40 +128,47 @@ class DockerFacility(FacilityBlock):
             client.images.get(image)
         except ImageNotFound:
             if not self.pull:
-                raise FatalError(
+                raise JobRefused(
                     f"image {image} is not on the Docker Engine of {self.facility_name} "
                     "and the facility does not pull images"
                 ) from None
             try:
                 client.images.pull(image)
             except (APIError, ImageNotFound) as exc:
-                raise FatalError(f"image {image} could not be pulled: {exc}") from None
-
-    def _check(self, spec: JobSpec) -> None:
-        self.check_container(spec)
+                raise JobRefused(f"image {image} could not be pulled: {exc}") from None
 
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
         """Create and start one container per job; names already submitted are reused."""
-        for spec in specs:
-            self._check(spec)
         root = self._root()
-        refs = []
+        todo = [s for s in specs if not self._known(root, s)]
         with self._engine() as client:
             for image in {s.image for s in specs if s.image}:
                 self._image(client, image)
-            for spec in specs:
-                directory = root / spec.name
-                if prepare_directory(directory, spec, self.facility_name):
-                    self._start(client, spec, directory)
-                refs.append(JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name))
-        return refs
+            for spec in todo:
+                if prepare_directory(root / spec.name, spec):
+                    self._start(client, spec, root / spec.name)
+        self._watch()
+        return [
+            JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name) for spec in specs
+        ]
+
+    def _known(self, root: Path, spec: JobSpec) -> bool:
+        self.check(spec)
+        return submitted_before(root / spec.name, spec, self.facility_name)
 
     def _start(self, client: docker.DockerClient, spec: JobSpec, directory: Path) -> None:
         assert spec.image is not None
+        meta = meta_dir(directory)
+        started = time.time()
         env = {**spec.env, "ESAP_JOB_NAME": spec.name, "ESAP_JOB_DIR": str(directory)}
         options: dict[str, Any] = {
             "name": _container_name(spec.name),
-            "labels": {LABEL: spec.name, "esap-prefect.group": spec.group or ""},
+            "labels": {
+                LABEL: spec.name,
+                GROUP: spec.group or "",
+                RECORDS: str(meta),
+                DEADLINE: repr(started + self.walltime_of(spec)),
+            },
             "environment": env,
             "working_dir": str(directory),
             "volumes": {str(directory): {"bind": str(directory), "mode": "rw"}},
@@ -164,17 +184,21 @@ class DockerFacility(FacilityBlock):
         elif spec.arguments:
             options["command"] = spec.arguments
         container = client.containers.create(spec.image, **options)
-        (meta_dir(directory) / "started").write_text(str(time.time()))
+        write_atomic(meta / "started", repr(started))
         try:
             container.start()
         except APIError:
             # undo, so that submitting again starts the job afresh
             container.remove(force=True)
-            (meta_dir(directory) / "spec.json").unlink()
+            shutil.rmtree(meta, ignore_errors=True)
             raise
 
+    def _watch(self) -> None:
+        """Make sure this engine's wall-time watcher runs (it stops when no job runs)."""
+        _Watcher.ensure(self.base_url)
+
     def poll(self, refs: Sequence[JobRef]) -> list[JobStatus]:
-        """States from one container listing; finished containers are recorded and removed."""
+        """States from one container listing; an ended container's exit and logs are recorded."""
         root = self._root()
         pending = [r for r in refs if not (meta_dir(root / r.job_id) / FINAL).exists()]
         listed: dict[str, dict[str, Any]] = {}
@@ -183,58 +207,41 @@ class DockerFacility(FacilityBlock):
                 for item in client.api.containers(all=True, filters={"label": LABEL}):
                     listed[item["Labels"][LABEL]] = item
                 for ref in pending:
-                    self._settle(client, ref, root / ref.job_id, listed.get(ref.job_id))
+                    self._record_end(client, root / ref.job_id, listed.get(ref.job_id))
+            self._watch()
         return [self._status(ref, root / ref.job_id, listed.get(ref.job_id)) for ref in refs]
 
-    def _settle(
-        self,
-        client: docker.DockerClient,
-        ref: JobRef,
-        directory: Path,
-        item: dict[str, Any] | None,
+    def _record_end(
+        self, client: docker.DockerClient, directory: Path, item: dict[str, Any] | None
     ) -> None:
-        """Record a finished container (exit, logs) and remove it; kill one over its time."""
+        """Write down how a container that ended did (through the state table), with its logs."""
         meta = meta_dir(directory)
         if not (meta / "spec.json").exists():
-            raise KeyError(f"facility {self.facility_name} has no job {ref.job_id}")
+            return
         if item is None:
-            _write_final(meta, JobState.FAILED, "the container disappeared from the engine", None)
+            _write_final(meta, ended(None, error="the container disappeared from the engine"))
             return
-        state = DOCKER_STATUS.get(item["State"], JobState.RUNNING)
-        if state is JobState.RUNNING and self._overtime(meta):
-            (meta / OVERTIME).touch()
-            with contextlib.suppress(NotFound, APIError):
-                client.api.kill(item["Id"])
-            return
-        if state is not JobState.FAILED:
+        if DOCKER_STATUS.get(item["State"], JobState.RUNNING) is not None:
             return
         details = client.api.inspect_container(item["Id"])["State"]
         for stream, flags in (("stdout", {"stderr": False}), ("stderr", {"stdout": False})):
-            (meta / stream).write_bytes(client.api.logs(item["Id"], **flags))
-        code = int(details.get("ExitCode", -1))
-        if (meta / CANCELLED).exists():
-            _write_final(meta, JobState.CANCELLED, "cancelled", code)
-        elif (meta / OVERTIME).exists():
-            _write_final(meta, JobState.FAILED, "wall time exceeded", code)
-        elif details.get("OOMKilled"):
-            _write_final(meta, JobState.FAILED, "killed: out of memory", code)
-        elif code == 0:
-            _write_final(meta, JobState.COMPLETED, "exited 0", code)
-        else:
-            reason = details.get("Error") or f"exited {code}"
-            _write_final(meta, JobState.FAILED, reason, code)
-        with contextlib.suppress(NotFound, APIError):
-            client.api.remove_container(item["Id"])
-
-    def _overtime(self, meta: Path) -> bool:
+            write_atomic(meta / stream, client.api.logs(item["Id"], **flags))
         spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
-        started = float((meta / "started").read_text())
-        return time.time() - started > self.walltime_of(spec)
+        outcome = ended(
+            int(details.get("ExitCode", -1)),
+            cancelled=(meta / CANCELLED).exists(),
+            overtime=self.walltime_of(spec) if (meta / OVERTIME).exists() else None,
+            out_of_memory=bool(details.get("OOMKilled")),
+            error=details.get("Error") or "",
+        )
+        _write_final(meta, outcome)
 
     def _status(self, ref: JobRef, directory: Path, item: dict[str, Any] | None) -> JobStatus:
-        final = meta_dir(directory) / FINAL
-        if final.exists():
-            record = json.loads(final.read_text())
+        meta = meta_dir(directory)
+        if not (meta / "spec.json").exists():
+            return self.lost(ref)
+        if (meta / FINAL).exists():
+            record = json.loads((meta / FINAL).read_text())
             return JobStatus(
                 ref=ref,
                 state=JobState(record["state"]),
@@ -246,12 +253,23 @@ class DockerFacility(FacilityBlock):
         return JobStatus(ref=ref, state=JobState.RUNNING, detail=item.get("Status", "running"))
 
     def fetch(self, refs: Sequence[JobRef], dest: Path) -> list[JobOutputs]:
-        """Link (or copy) each job's declared outputs and logs to `dest`/<job name>/."""
+        """Each job's declared outputs and logs under `dest`/<job name>/; containers removed."""
         root = self._root()
-        return [collect_directory(ref, root / ref.job_id, dest / ref.name) for ref in refs]
+        outputs = [collect_directory(ref, root / ref.job_id, dest / ref.name) for ref in refs]
+        self._remove([r for r in refs if (meta_dir(root / r.job_id) / FINAL).exists()])
+        return outputs
+
+    def _remove(self, refs: Sequence[JobRef]) -> None:
+        """Remove the containers of jobs whose end and logs are recorded."""
+        if not refs:
+            return
+        with self._engine() as client:
+            for ref in refs:
+                with contextlib.suppress(NotFound, APIError):
+                    client.api.remove_container(_container_name(ref.job_id))
 
     def cancel(self, refs: Sequence[JobRef]) -> list[JobStatus]:
-        """Kill the containers of jobs not yet final; they end CANCELLED."""
+        """Kill the containers of jobs not yet final; they end CANCELLED and are removed."""
         root = self._root()
         live = [s.ref for s in self.poll(refs) if not s.state.is_final]
         if live:
@@ -260,12 +278,58 @@ class DockerFacility(FacilityBlock):
                     (meta_dir(root / ref.job_id) / CANCELLED).touch()
                     with contextlib.suppress(NotFound, APIError):
                         client.api.kill(_container_name(ref.job_id))
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if all(s.state.is_final for s in self.poll(live)):
-                    break
-                time.sleep(0.2)
+            wait_until(
+                lambda: self.poll(live), lambda s: all(j.state.is_final for j in s), timeout=10
+            )
+            self._remove(live)
         return self.poll(refs)
+
+
+class _Watcher:
+    """Kills containers past their wall time on one engine, whether or not anyone polls.
+
+    Each container carries its deadline and the folder of its records as labels, so the
+    watcher needs nothing else; it runs in a daemon thread while containers of ours run.
+    """
+
+    _running: ClassVar[dict[str | None, threading.Thread]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    interval: ClassVar[float] = 0.5
+
+    @classmethod
+    def ensure(cls, base_url: str | None) -> None:
+        with cls._lock:
+            thread = cls._running.get(base_url)
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(
+                    target=cls._loop, args=(base_url,), name="esap-docker-walltime", daemon=True
+                )
+                cls._running[base_url] = thread
+                thread.start()
+
+    @classmethod
+    def _loop(cls, base_url: str | None) -> None:
+        try:
+            client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        except DockerException:
+            return
+        with contextlib.closing(client):
+            while True:
+                try:
+                    running = client.api.containers(filters={"label": LABEL, "status": "running"})
+                except DockerException:
+                    running = []
+                if not running:
+                    return
+                now = time.time()
+                for item in running:
+                    labels = item["Labels"]
+                    if DEADLINE in labels and float(labels[DEADLINE]) < now:
+                        with contextlib.suppress(OSError):
+                            (Path(labels[RECORDS]) / OVERTIME).touch()
+                        with contextlib.suppress(DockerException):
+                            client.api.kill(item["Id"])
+                time.sleep(cls.interval)
 
 
 def _container_name(job: str) -> str:
@@ -276,7 +340,10 @@ def _container_name(job: str) -> str:
     return f"esap-{safe}"
 
 
-def _write_final(meta: Path, state: JobState, detail: str, code: int | None) -> None:
-    partial = meta / (FINAL + ".partial")
-    partial.write_text(json.dumps({"state": state.value, "detail": detail, "exit_code": code}))
-    partial.replace(meta / FINAL)
+def _write_final(meta: Path, outcome: Outcome) -> None:
+    record = {
+        "state": outcome.state.value,
+        "detail": outcome.reason,
+        "exit_code": outcome.exit_code,
+    }
+    write_json(meta / FINAL, record)

@@ -1,6 +1,7 @@
 """The one facility protocol every backend implements (local, DIRAC, Docker, ...).
 
-Bulk by default: submit a batch, poll many jobs in one call, fetch, cancel.
+Bulk by default: submit a batch, poll many jobs in one call, fetch, cancel. The contract is
+written once, on `FacilityBlock`, and tests/test_facility_contract.py checks it on each.
 """
 
 from __future__ import annotations
@@ -13,16 +14,44 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from core.errors import FatalError
+from core.errors import FatalError, JobRefused
 from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
-from core.units import Duration, Memory
+from core.states import JobState
+from core.units import Duration, Memory, format_memory
 from planner.models import Capabilities, TaskType
+
+CONTAINER_TYPES = frozenset({TaskType.DOCKER, TaskType.SINGULARITY})
 
 
 class FacilityBlock(Block, ABC):
     """A place where payload jobs run, configured as a Prefect Block.
 
     Subclasses set `tasktypes` and `servicetype`, and may give the limits other defaults.
+    Every facility keeps this contract:
+
+    - `submit(specs)` checks every spec first (`check`): one over the facility's cores,
+      memory or wall time, or of a kind it does not run (an image on a facility of
+      programs, none on a container facility), is a `JobRefused` naming the limit, raised
+      before anything is submitted; tasks never retry it. A spec whose name was submitted
+      before gives back the same ref and submits nothing; the same name with another spec
+      is a `JobRefused` (names are idempotency keys).
+    - `poll(refs)` asks the backend once for all refs (one more call per page on DIRAC)
+      and answers in the same order. A ref the facility does not know is FAILED with a
+      detail starting "lost:"; one bad ref never fails the call. Polling observes: it may
+      write down what it saw in the facility's own records, it does not act on jobs.
+    - Native states become `JobState` only through `core.states` (DIRAC_STATUS,
+      DOCKER_STATUS, and `ended` for a process or container that ended).
+    - `fetch(refs, dest)` brings, for final jobs, the regular files inside the job's folder
+      that its output patterns match, and its stdout and stderr, under `dest/<job name>/`;
+      links and special files are refused by name (`JobOutputs.refused`). A lost ref gives
+      empty outputs.
+    - `cancel(refs)` ends jobs not yet final as CANCELLED and leaves final ones as they
+      are; it returns the states after.
+    - Wall time is enforced by the facility whether or not anyone polls.
+
+    What a backend cannot honour it says here: DIRAC compares the spec behind a reused
+    name only when the earlier submission was made from this home (DiracX 0.7 cannot
+    return a job's JDL), and enforces wall time as DIRAC does (CPUTime, by the pilot).
     """
 
     tasktypes: ClassVar[frozenset[TaskType]] = frozenset({TaskType.EXECUTABLE})
@@ -57,28 +86,41 @@ class FacilityBlock(Block, ABC):
         """The job's wall time in seconds, the facility default when the job sets none."""
         return spec.walltime if spec.walltime is not None else self.default_walltime
 
-    def check_limits(self, spec: JobSpec) -> None:
-        """ValueError when the job asks for more cores, memory or wall time than offered."""
+    def check(self, spec: JobSpec) -> None:
+        """JobRefused unless the facility can take the job: its kind, cores, memory, time."""
+        runs_images = bool(self.tasktypes & CONTAINER_TYPES)
+        if runs_images and spec.image is None:
+            raise JobRefused(
+                f"job {spec.name} names no image; facility {self.facility_name} runs containers"
+            )
+        if not runs_images and spec.image is not None:
+            raise JobRefused(
+                f"job {spec.name} names image {spec.image}; facility {self.facility_name} "
+                "runs programs, not container images"
+            )
         if spec.cores > self.max_cores:
-            raise ValueError(
+            raise JobRefused(
                 f"job {spec.name} asks for {spec.cores} cores; facility "
                 f"{self.facility_name} has {self.max_cores}"
             )
         if spec.memory is not None and spec.memory > self.max_memory:
-            raise ValueError(f"job {spec.name} asks for more memory than {self.facility_name} has")
+            raise JobRefused(
+                f"job {spec.name} asks for {format_memory(spec.memory)} of memory; facility "
+                f"{self.facility_name} has {format_memory(self.max_memory)}"
+            )
         if self.walltime_of(spec) > self.max_duration:
-            raise ValueError(
+            raise JobRefused(
                 f"job {spec.name} asks for {self.walltime_of(spec)}s wall time; facility "
                 f"{self.facility_name} allows {self.max_duration}s"
             )
 
-    def check_container(self, spec: JobSpec) -> None:
-        """check_limits, and ValueError when the job names no image (container facilities)."""
-        if spec.image is None:
-            raise ValueError(
-                f"job {spec.name} names no image; facility {self.facility_name} runs containers"
-            )
-        self.check_limits(spec)
+    def lost(self, ref: JobRef) -> JobStatus:
+        """The status of a ref this facility does not know."""
+        return JobStatus(
+            ref=ref,
+            state=JobState.FAILED,
+            detail=f"lost: facility {self.facility_name} does not know job {ref.job_id}",
+        )
 
     def endpoint(self) -> str | None:
         """Where the facility's service is, for the planner's offers."""
@@ -101,7 +143,7 @@ class FacilityBlock(Block, ABC):
 
     @abstractmethod
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
-        """Submit a batch of jobs; a job whose name was submitted before is not submitted again."""
+        """Submit a batch of jobs, all checked first; names submitted before are not again."""
 
     def submit_array(self, array: JobArray) -> list[JobRef]:
         """Submit a job array; facilities without native arrays submit its expansion."""
@@ -113,7 +155,7 @@ class FacilityBlock(Block, ABC):
 
     @abstractmethod
     def poll(self, refs: Sequence[JobRef]) -> list[JobStatus]:
-        """The states of many jobs, in one call to the backend; same order as `refs`."""
+        """The states of many jobs, in one call to the backend; same order; lost refs FAILED."""
 
     @abstractmethod
     def fetch(self, refs: Sequence[JobRef], dest: Path) -> list[JobOutputs]:

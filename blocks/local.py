@@ -25,6 +25,8 @@ from blocks.local_runner import (
     runner_for,
     write_record,
 )
+from core.errors import JobRefused
+from core.files import write_atomic
 from core.job_folder import UnsafeFile, place, scan_outputs
 from core.jobs import JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from core.settings import home
@@ -106,25 +108,21 @@ class LocalFacility(FacilityBlock):
             float(self.walltime_of(spec)),
         )
 
-    def _check(self, spec: JobSpec) -> None:
-        if spec.image is not None:
-            raise ValueError(
-                f"job {spec.name} names image {spec.image}; facility {self.facility_name} "
-                "runs programs on its host, not container images"
-            )
-        self.check_limits(spec)
-
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
         """Prepare each job's directory and queue it; names already submitted are reused."""
-        for spec in specs:
-            self._check(spec)
         root = self._root()
-        refs = []
-        for spec in specs:
-            if prepare_directory(root / spec.name, spec, self.facility_name):
+        todo = [s for s in specs if not self._known(root, s)]
+        for spec in todo:
+            if prepare_directory(root / spec.name, spec):
                 self._enqueue(spec, root / spec.name)
-            refs.append(JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name))
-        return refs
+        return [
+            JobRef(facility=self.facility_name, job_id=spec.name, name=spec.name) for spec in specs
+        ]
+
+    def _known(self, root: Path, spec: JobSpec) -> bool:
+        """Check the spec; True when it was submitted before (under its name)."""
+        self.check(spec)
+        return submitted_before(root / spec.name, spec, self.facility_name)
 
     def _status(self, ref: JobRef) -> JobStatus:
         root = self._root()
@@ -137,6 +135,8 @@ class LocalFacility(FacilityBlock):
                 return JobStatus(ref=ref, state=JobState.PENDING, detail="queued")
             if where == "running":
                 return JobStatus(ref=ref, state=JobState.RUNNING, detail="running")
+            if not (meta_dir(directory) / "spec.json").exists():
+                return self.lost(ref)
             record = self._take_over(ref, directory)
             if record is None:
                 return JobStatus(ref=ref, state=JobState.RUNNING, detail="running (taken over)")
@@ -150,8 +150,6 @@ class LocalFacility(FacilityBlock):
         Never launched: queue it now. Still running: watch it. Ended: record how.
         """
         meta = meta_dir(directory)
-        if not (meta / "spec.json").exists():
-            raise KeyError(f"facility {self.facility_name} has no job {ref.job_id}")
         spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
         try:
             launched = json.loads((meta / "pid").read_text())
@@ -191,27 +189,36 @@ class LocalFacility(FacilityBlock):
         return self.poll(refs)
 
 
-def prepare_directory(directory: Path, spec: JobSpec, facility: str) -> bool:
-    """Write the job's inputs in `directory`, its spec in its records; False if submitted before.
+def submitted_before(directory: Path, spec: JobSpec, facility: str) -> bool:
+    """True when this very spec was submitted under its name; JobRefused for another spec.
 
-    A different spec under a name already used is refused (names are idempotency keys).
+    Names are idempotency keys: a retried flow gets its job back, a new job needs a new name.
+    """
+    recorded = meta_dir(directory) / "spec.json"
+    if not recorded.exists():
+        return False
+    if recorded.read_text() != spec.model_dump_json():
+        raise JobRefused(
+            f"job {spec.name} was already submitted to {facility} with a different spec; "
+            "give the new job another name"
+        )
+    return True
+
+
+def prepare_directory(directory: Path, spec: JobSpec) -> bool:
+    """Write the job's inputs in `directory` and its spec in its records.
+
+    False when another submission has claimed the name first (its records exist).
     """
     meta = meta_dir(directory)
-    wanted = spec.model_dump_json()
-    directory.mkdir(parents=True, exist_ok=True)
     try:
         meta.mkdir(parents=True)
     except FileExistsError:
-        if (meta / "spec.json").exists():
-            if (meta / "spec.json").read_text() != wanted:
-                raise ValueError(
-                    f"job {spec.name} was already submitted to {facility} "
-                    "with a different spec; give the new job another name"
-                ) from None
-            return False
+        return False
+    directory.mkdir(parents=True, exist_ok=True)
     for item in spec.inputs:
         item.place(directory)
-    (meta / "spec.json").write_text(wanted)
+    write_atomic(meta / "spec.json", spec.model_dump_json())
     return True
 
 
@@ -223,6 +230,8 @@ def collect_directory(ref: JobRef, directory: Path, target: Path) -> JobOutputs:
     refused by name (in `JobOutputs.refused`), never followed or opened.
     """
     meta = meta_dir(directory)
+    if not (meta / "spec.json").exists():  # a lost job: nothing to collect
+        return JobOutputs(ref=ref)
     spec = JobSpec.model_validate_json((meta / "spec.json").read_text())
     found = scan_outputs(directory, spec.outputs)
     files, refused = [], list(found.refused)

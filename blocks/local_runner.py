@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from core.files import write_json
 from core.states import JobState, ended
 
 META = ".esap"
@@ -65,13 +66,6 @@ class _Job:
     @property
     def meta(self) -> Path:
         return meta_dir(self.directory)
-
-
-def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
 
 
 def write_record(meta: Path, record: JobRecord) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from blocks.basket import VoItem
 from core.checksums import digest
 from core.errors import FatalError, TransientError
+from core.files import atomic_file
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -53,12 +54,9 @@ def _failed(item: VoItem, url: str, exc: Exception) -> Exception:
 
 def _store(item: VoItem, url: str, dest: Path, name: str, stream: Any) -> FetchedFile:
     target = dest / "vo" / str(item.index) / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    with partial.open("wb") as out:
+    with atomic_file(target) as out:
         for chunk in stream:
             out.write(chunk)
-    partial.replace(target)
     sums = digest(target)
     return FetchedFile(
         source=url,

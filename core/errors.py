@@ -14,6 +14,14 @@ class TransientError(Exception):
     """The backend could not be reached or answered 5xx; the same call may work later."""
 
 
+class JobRefused(FatalError, ValueError):
+    """A facility cannot take a job spec; raised before anything is submitted.
+
+    The spec is over the facility's limits, of a kind it does not run, or its name was
+    used for another spec.
+    """
+
+
 class CredentialsError(FatalError, PermissionError):
     """The backend refused the credentials (expired, revoked or wrong)."""
 

@@ -1,20 +1,54 @@
-"""Files that hold secrets (credentials, client configurations): owner-only, written atomically.
+"""Files written whole or not at all: a partial file beside the target, then one rename.
 
-Backends that need a credentials file on disk write it here, never in logs or arguments.
+Readers see the old file or the new one, never half of one; secrets get mode 0600.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+PARTIAL = ".partial"
+"""The suffix of files being written; readers skip them."""
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at `path` only when the block ends without error.
+
+    The partial file is created fresh (never through a link left there) with `mode`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(partial, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
+    """Write `data` (text as UTF-8) to `path` atomically."""
+    with atomic_file(path, mode) as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def write_json(path: Path, data: object) -> Path:
+    """Write `data` as JSON to `path` atomically."""
+    return write_atomic(path, json.dumps(data))
 
 
 def write_secret_file(path: Path, content: str) -> Path:
-    """Write `content` readable by the owner only, replacing the file atomically."""
+    """Write `content` readable by the owner only (in a 0700 folder), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
-    partial.replace(path)
-    return path
+    return write_atomic(path, content, 0o600)

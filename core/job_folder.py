@@ -17,6 +17,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
 from core.errors import FatalError
+from core.files import atomic_file
 from core.params import ParameterError, check_text, printable
 
 MAX_ENTRIES = 200_000
@@ -119,12 +120,9 @@ def _same_file(target: Path, info: os.stat_result) -> bool:
 
 def copy_fd(fd: int, target: Path) -> None:
     """Copy an open file to `target` atomically (a partial file, then a rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    with os.fdopen(os.dup(fd), "rb") as source, partial.open("wb") as out:
+    with os.fdopen(os.dup(fd), "rb") as source, atomic_file(target) as out:
         source.seek(0)
         shutil.copyfileobj(source, out, _CHUNK)
-    partial.replace(target)
 
 
 def place(folder: Path, relative: str, target: Path) -> Path:

@@ -252,7 +252,7 @@ def add_docker(
         except ValidationError as exc:
             raise UserError(f"invalid Docker facility: {describe(exc)}") from None
         try:
-            version = facility.check()
+            version = facility.engine_version()
         except (FatalError, TransientError) as exc:
             raise UserError(str(exc)) from None
         _save_facility(facility, name, overwrite)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from blocks.archive import ArchivedFile
 from blocks.basket import InputItem, parse_inputs
 from blocks.registry import load_facility, load_rucio_store, load_store
+from core.files import write_json
 from core.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from core.params import printable
 from core.settings import home
@@ -128,18 +129,15 @@ def _grouped(specs: Sequence[JobSpec] | JobArray, group: str) -> list[JobSpec] |
     return [s.model_copy(update={"group": s.group or group}) for s in specs]
 
 
-def _jobs_record(workflow: str, run_id: str) -> Path:
-    return home() / "runs" / workflow / run_id / "jobs.json"
+def jobs_record(run_id: str) -> Path:
+    """Where a flow run notes the facility jobs it owns, keyed by the run alone."""
+    return home() / "runs" / ".facility-jobs" / f"{run_id}.json"
 
 
-def _remember_jobs(workflow: str, facility: str, refs: Sequence[JobRef]) -> None:
+def _remember_jobs(facility: str, refs: Sequence[JobRef]) -> None:
     """Write down which facility jobs this flow run owns, for the cancellation hook."""
-    path = _jobs_record(workflow, flow_run.get_id() or "local")
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"facility": facility, "refs": [r.model_dump(mode="json") for r in refs]}
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record))
-    partial.replace(path)
+    write_json(jobs_record(flow_run.get_id() or "local"), record)
 
 
 def cancel_facility_jobs(
@@ -152,7 +150,7 @@ def cancel_facility_jobs(
     Prefect's worker runs it after stopping the flow process; the jobs themselves (local
     process groups, DIRAC jobs) would otherwise run on.
     """
-    path = _jobs_record(flow.name, str(flow_run.id))
+    path = jobs_record(str(flow_run.id))
     if not path.exists():
         return
     record = json.loads(path.read_text())
@@ -237,7 +235,7 @@ def execute(
     archive_to = load_store(store)
     specs = _grouped(_with_inputs(make_specs(answer), extra), job_prefix(workflow))
     refs = submit_jobs(chosen, specs)
-    _remember_jobs(workflow, chosen.facility_name, refs)
+    _remember_jobs(chosen.facility_name, refs)
     statuses = wait_for_jobs(chosen, refs, timeout=timeout, max_reschedules=max_reschedules)
     outputs = collect_outputs(chosen, statuses, home() / "runs" / run_key(workflow))
     problems = _problems(statuses, outputs)

@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from blocks.facility import FacilityBlock
+from core.backoff import Backoff
 from core.errors import FatalError, TransientError
 from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
 from core.states import JobState
@@ -70,6 +71,7 @@ def wait_for_jobs(
         ),
     )
     deadline = None if timeout is None else time.monotonic() + timeout
+    pause = Backoff(min_interval, max_interval)
     interval, cycles, outage_since = min_interval, 0, None
     pending = list(refs)
     while pending:
@@ -109,9 +111,7 @@ def wait_for_jobs(
         if changed:
             update_progress_artifact(progress, progress=100.0 * (total - len(pending)) / total)
             logger.info("%s", _summary(latest.values()))
-            interval = max(min_interval, interval / 2)
-        else:
-            interval = min(max_interval, interval * 1.5)
+        interval = pause.step(changed)
         if not pending:
             break
         if deadline is not None and time.monotonic() + interval > deadline:

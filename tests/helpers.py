@@ -6,7 +6,6 @@ Polling a real facility until its jobs end, reading task runs, forging credentia
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
@@ -16,20 +15,34 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 
 from blocks import DiracFacility, FacilityBlock, JobRef, JobStatus
+from core.backoff import wait_until
+from core.states import JobState
+
+
+def settle(facility: FacilityBlock, refs: Sequence[JobRef], timeout: float = 60) -> list[JobStatus]:
+    """Poll until every job is final or `timeout` passed; the last statuses."""
+    return wait_until(
+        lambda: facility.poll(refs), lambda s: all(j.state.is_final for j in s), timeout
+    )
 
 
 def wait_final(
-    facility: FacilityBlock, refs: Sequence[JobRef], timeout: float = 60, interval: float = 0.05
+    facility: FacilityBlock, refs: Sequence[JobRef], timeout: float = 60
 ) -> list[JobStatus]:
     """Poll until every job is final; fail the test with their details after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = facility.poll(refs)
-        if all(s.state.is_final for s in statuses):
-            return statuses
-        time.sleep(interval)
-    details = [f"{s.ref.name}: {s.state.value} {s.detail}" for s in facility.poll(refs)]
-    raise AssertionError(f"jobs not final after {timeout}s: {details[:5]}")
+    statuses = settle(facility, refs, timeout)
+    if not all(s.state.is_final for s in statuses):
+        details = [f"{s.ref.name}: {s.state.value} {s.detail}" for s in statuses]
+        raise AssertionError(f"jobs not final after {timeout}s: {details[:5]}")
+    return statuses
+
+
+def wait_running(facility: FacilityBlock, ref: JobRef, timeout: float = 30) -> None:
+    """Poll until the job runs; fail the test after `timeout`."""
+    [status] = wait_until(
+        lambda: facility.poll([ref]), lambda s: s[0].state is JobState.RUNNING, timeout
+    )
+    assert status.state is JobState.RUNNING, f"the job never started: {status}"
 
 
 def task_runs_of(flow_run_id: UUID | None) -> list[TaskRun]:

@@ -9,35 +9,17 @@ import contextlib
 import functools
 import http.server
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from blocks import ApptainerFacility, DockerFacility, JobSpec, JobState
-from blocks.facility import FacilityBlock
 from core.errors import FatalError
-from core.jobs import JobRef, JobStatus
+from tests.helpers import settle, wait_running
 from tests.servers.containers import DockerEngine
 
 IMAGE = "esap-test/payload:1"
-
-
-def settle(facility: FacilityBlock, refs: Sequence[JobRef], limit: float = 60) -> list[JobStatus]:
-    deadline = time.monotonic() + limit
-    while True:
-        statuses = facility.poll(refs)
-        if all(s.state.is_final for s in statuses) or time.monotonic() > deadline:
-            return statuses
-        time.sleep(0.2)
-
-
-def wait_running(facility: FacilityBlock, ref: JobRef) -> None:
-    deadline = time.monotonic() + 30
-    while facility.poll([ref])[0].state is not JobState.RUNNING:
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -100,7 +82,7 @@ def test_docker_failure_cancel_and_wall_time(
     assert by_name["fails"].state is JobState.FAILED
     assert by_name["fails"].exit_code == 3
     assert by_name["overtime"].state is JobState.FAILED
-    assert by_name["overtime"].detail == "wall time exceeded"
+    assert by_name["overtime"].detail == "wall time of 1s exceeded"
     [out] = docker_facility.fetch([refs[0]], tmp_path / "fetched")
     assert out.stderr is not None and out.stderr.read_text().strip() == "broken"
 

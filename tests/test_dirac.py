@@ -161,7 +161,7 @@ def test_one_job_runs_and_its_outputs_come_back(
 ) -> None:
     facility, _ = grid
     refs = facility.submit([echo_spec("single-0", run="42")])
-    [status] = wait_final(facility, refs, timeout=120, interval=0.2)
+    [status] = wait_final(facility, refs, timeout=120)
     assert status.state is JobState.COMPLETED
     assert status.detail.startswith("Done; Execution Complete")
     [outputs] = facility.fetch(refs, tmp_path)
@@ -200,7 +200,7 @@ def test_parametric_jobs_expand_on_the_server(
     refs = facility.submit_array(array)
     assert calls["submit_jdl_jobs"] == 2, "25 runs: one parametric JDL of 20, one of 5"
     assert [r.name for r in refs] == [f"param-{1000 + i}" for i in range(25)]
-    statuses = wait_final(facility, refs, timeout=120, interval=0.2)
+    statuses = wait_final(facility, refs, timeout=120)
     assert {s.state for s in statuses} == {JobState.COMPLETED}
     outputs = facility.fetch(refs[-2:], tmp_path)
     assert [json.loads(o.files[0].path.read_text())["run"] for o in outputs] == ["1023", "1024"]

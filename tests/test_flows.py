@@ -15,13 +15,17 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
 )
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from blocks import JobRef, JobSpec, JobStatus, LocalFacility
 from blocks.local_runner import meta_dir
+from blocks.registry import load_facility
 from core.checksums import digest
 from core.errors import UnknownBlockError
+from core.states import JobState
 from flows.hello_world import HelloWorldResult, hello_world
-from flows.pipeline import JobsFailed, execute, job_prefix
+from flows.pipeline import JobsFailed, _remember_jobs, cancel_facility_jobs, execute, job_prefix
 from planner.models import PlanResponse, TaskRequest, TaskType
 from tasks.jobs import JobsTimedOut, wait_for_jobs
 from tasks.plan import PlanningError
@@ -184,3 +188,22 @@ def test_waiting_past_the_timeout_cancels_the_jobs(tmp_path: Path) -> None:
         timeout_flow(facility)
     [job_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("slow-")]
     assert json.loads((meta_dir(job_dir) / "result.json").read_text())["state"] == "CANCELLED"
+
+
+@flow(name="a-name-unlike-its-workflow")
+def remembering() -> str:
+    facility = load_facility("local")
+    spec = JobSpec(name=f"{job_prefix('drift')}-0", executable="sleep", arguments=["60"])
+    _remember_jobs(facility.facility_name, facility.submit([spec]))
+    return flow_run.get_id() or ""
+
+
+def test_the_cancellation_hook_finds_the_jobs_whatever_the_flow_is_called() -> None:
+    run_id = remembering()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(run_id))
+    cancel_facility_jobs(remembering, run, Cancelled())
+    [status] = load_facility("local").poll(
+        [JobRef(facility="local", job_id=f"drift-{run_id[:8]}-0", name=f"drift-{run_id[:8]}-0")]
+    )
+    assert status.state is JobState.CANCELLED

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from pyvo.dal.tap import AsyncTAPJob
 from pyvo.io.uws import parse_job, parse_job_list
 
+from core.backoff import wait_until
 from tests.servers.diracx import DiracXServer
 from tests.stack import CLI, Gateway, Issuer
 
@@ -315,14 +315,14 @@ def test_abort_cancels_the_flow_run_and_reaches_the_dirac_jobs(
     with SyncDiracClient(
         diracx_preferences=DiracxPreferences(url=diracx_server.url, credentials_path=creds)
     ) as client:
-        statuses = _wait_for(lambda: _statuses(client, group), bool, 60)
+        statuses = wait_until(lambda: _statuses(client, group), bool, 60)
         assert set(statuses) <= {"Submitting", "Received", "Checking", "Waiting"}
         aborted = gateway.http.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "ABORT"})
         assert aborted.status_code == 303
         assert gateway.http.get(f"/uws/jobs/{job_id}/phase").text == "ABORTED"
-        killed = _wait_for(lambda: _statuses(client, group), lambda s: s == ["Killed"], 90)
+        killed = wait_until(lambda: _statuses(client, group), lambda s: s == ["Killed"], 90)
     assert killed == ["Killed"]
-    cancelled = _wait_for(
+    cancelled = wait_until(
         lambda: httpx.post(
             f"{api}/flow_runs/filter",
             json={"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}},
@@ -335,7 +335,7 @@ def test_abort_cancels_the_flow_run_and_reaches_the_dirac_jobs(
 
 def _dirac_group(api: str) -> str:
     """The JobGroup of the one running hello-world flow run: hello-world-<run id[:8]>."""
-    runs = _wait_for(
+    runs = wait_until(
         lambda: httpx.post(
             f"{api}/flow_runs/filter",
             json={"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}},
@@ -352,15 +352,6 @@ def _statuses(client: SyncDiracClient, group: str) -> list[str]:
         search=[{"parameter": "JobGroup", "operator": ScalarSearchOperator.EQUAL, "value": group}],
     )
     return sorted(r["Status"] for r in rows)
-
-
-def _wait_for(get: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.5)
 
 
 def test_the_planner_answers_over_http_and_its_endpoint_takes_jobs(gateway: Gateway) -> None:
@@ -466,7 +457,7 @@ def _offers(gateway: Gateway, executable: dict[str, Any], **extra: Any) -> dict[
 
 
 def _session_until(gateway: Gateway, href: str, phases: set[str]) -> dict[str, Any]:
-    session: dict[str, Any] = _wait_for(
+    session: dict[str, Any] = wait_until(
         lambda: gateway.http.get(href).json(), lambda s: s["phase"] in phases, 180
     )
     return session
@@ -536,7 +527,7 @@ def test_the_execution_broker_cancels_rejects_and_refuses(
     cancel = {"update": {"type": "uri:enum-value-update", "path": "phase", "value": "CANCELLED"}}
     assert gateway.http.post(offer["href"], json=cancel).json()["phase"] == "CANCELLED"
     with contextlib.closing(docker_engine.client()) as client:
-        gone = _wait_for(
+        gone = wait_until(
             lambda: client.containers.list(filters={"label": "esap-prefect.job"}), not_, 90
         )
     assert gone == []

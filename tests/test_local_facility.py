@@ -230,9 +230,10 @@ def test_a_new_process_takes_over_jobs_of_a_dead_one(tmp_path: Path) -> None:
     ]
 
 
-def test_unknown_job_is_an_error(facility: LocalFacility) -> None:
-    with pytest.raises(KeyError, match="no job ghost"):
-        facility.poll([JobRef(facility="local", job_id="ghost", name="ghost")])
+def test_unknown_job_is_lost(facility: LocalFacility) -> None:
+    [status] = facility.poll([JobRef(facility="local", job_id="ghost", name="ghost")])
+    assert status.state is JobState.FAILED
+    assert status.detail == "lost: facility local does not know job ghost"
 
 
 def test_jobs_get_a_minimal_environment(

@@ -31,8 +31,8 @@ from blocks.dirac.connection import (
 )
 from blocks.dirac.jdl import JobDescription
 from blocks.facility import FacilityBlock
-from core.errors import FatalError
-from core.files import write_secret_file
+from core.errors import FatalError, JobRefused
+from core.files import write_json, write_secret_file
 from core.job_folder import UnsafeFile, scan_outputs
 from core.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from core.settings import home
@@ -195,24 +195,14 @@ class DiracFacility(FacilityBlock):
             page += 1
         return found
 
-    def _check(self, spec: JobSpec) -> None:
-        if spec.image is not None:
-            raise FatalError(
-                f"job {spec.name}: facility {self.facility_name} runs executables, "
-                "not container images"
-            )
-        if spec.cores > self.max_cores or self.walltime_of(spec) > self.max_duration:
-            raise FatalError(
-                f"job {spec.name} asks for more than facility {self.facility_name} offers"
-            )
-
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
         """Submit in calls of at most 20 JDLs; names already on DiracX are not submitted again."""
         for spec in specs:
-            self._check(spec)
+            self.check(spec)
         prefs = self._prefs()
         with sync_client(prefs, "submit jobs") as client:
             ids = self._existing(client, (s.name for s in specs))
+            self._same_specs(ids, specs)
             todo = [s for s in specs if s.name not in ids]
             sandboxes: dict[str, str] = {}
             jdls = [
@@ -230,10 +220,11 @@ class DiracFacility(FacilityBlock):
         specs = array.expand()
         if not self.parametric:
             return self.submit(specs)
-        self._check(specs[0])
+        self.check(specs[0])
         prefs = self._prefs()
         with sync_client(prefs, "submit a parametric job") as client:
             ids = self._existing(client, (s.name for s in specs))
+            self._same_specs(ids, specs)
             if ids:
                 missing = [s for s in specs if s.name not in ids]
                 return self._merge(ids, self.submit(missing) if missing else [], specs)
@@ -252,14 +243,30 @@ class DiracFacility(FacilityBlock):
         self._record(refs, specs)
         return refs
 
+    def _records(self) -> Path:
+        return home() / "dirac" / self.facility_name
+
     def _record(self, refs: Sequence[JobRef], specs: Sequence[JobSpec]) -> None:
-        folder = home() / "dirac" / self.facility_name
-        folder.mkdir(parents=True, exist_ok=True)
+        """Note each job's outputs, LFNs and spec digest (DiracX 0.7 cannot return the JDL)."""
         for ref, spec in zip(refs, specs, strict=True):
             lfns = [self._lfn(spec.group or "ungrouped", spec.name, f) for f in spec.output_data]
-            (folder / f"{ref.job_id}.json").write_text(
-                json.dumps({"outputs": spec.outputs, "lfns": lfns})
-            )
+            record = {"outputs": spec.outputs, "lfns": lfns, "spec": _digest(spec)}
+            write_json(self._records() / f"{ref.job_id}.json", record)
+
+    def _same_specs(self, ids: dict[str, str], specs: Sequence[JobSpec]) -> None:
+        """JobRefused when a name already on DiracX was submitted from here with another spec."""
+        for spec in specs:
+            if spec.name not in ids:
+                continue
+            try:
+                known = json.loads((self._records() / f"{ids[spec.name]}.json").read_text())
+            except FileNotFoundError:
+                continue  # submitted from another home: DiracX cannot tell us the spec
+            if known.get("spec", _digest(spec)) != _digest(spec):
+                raise JobRefused(
+                    f"job {spec.name} was already submitted to {self.facility_name} with a "
+                    "different spec; give the new job another name"
+                )
 
     # -- monitoring ---------------------------------------------------------------------------
 
@@ -283,18 +290,12 @@ class DiracFacility(FacilityBlock):
         if not refs:
             return []
         with sync_client(self._prefs(), "poll jobs") as client:
-            rows = self._search_ids(client, [int(r.job_id) for r in refs])
+            rows = self._search_ids(client, [int(r.job_id) for r in refs if r.job_id.isdigit()])
         statuses = []
         for ref in refs:
-            row = rows.get(int(ref.job_id))
+            row = rows.get(int(ref.job_id)) if ref.job_id.isdigit() else None
             if row is None:
-                statuses.append(
-                    JobStatus(
-                        ref=ref,
-                        state=JobState.FAILED,
-                        detail="lost: DiracX no longer knows this job",
-                    )
-                )
+                statuses.append(self.lost(ref))
                 continue
             detail = "; ".join(
                 str(row.get(k) or "") for k in ("Status", "MinorStatus", "ApplicationStatus")
@@ -313,7 +314,11 @@ class DiracFacility(FacilityBlock):
         prefs = self._prefs()
         results = []
         with sync_client(prefs, "fetch outputs") as client:
+            known = self._search_ids(client, [int(r.job_id) for r in refs if r.job_id.isdigit()])
             for ref in refs:
+                if not ref.job_id.isdigit() or int(ref.job_id) not in known:
+                    results.append(JobOutputs(ref=ref))  # a lost job: nothing to fetch
+                    continue
                 target = dest / ref.name
                 sandboxes = client.jobs.get_job_sandboxes(int(ref.job_id))
                 try:
@@ -375,7 +380,7 @@ class DiracFacility(FacilityBlock):
 
     def _declared(self, ref: JobRef) -> dict[str, list[str]]:
         """Output patterns and LFNs recorded at submission (DiracX 0.7 cannot return the JDL)."""
-        path = home() / "dirac" / self.facility_name / f"{ref.job_id}.json"
+        path = self._records() / f"{ref.job_id}.json"
         try:
             data: dict[str, list[str]] = json.loads(path.read_text())
         except FileNotFoundError:
@@ -431,3 +436,8 @@ class DiracFacility(FacilityBlock):
                 f"{json.dumps(failed, default=str)[:300]}"
             )
         return statuses
+
+
+def _digest(spec: JobSpec) -> str:
+    """What identifies a spec, for telling a resubmission from a reused name."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks.rucio.dids import Did
 from blocks.rucio.session import rucio_logger
+from core.backoff import Backoff
 from core.errors import FatalError
 
 SHOWN = 20
@@ -145,10 +146,8 @@ def wait_for_rules(
     from nearby disk is quick), then growing by a quarter up to `max_interval`.
     """
     started = time.monotonic()
-    interval = poll_interval
-    cycles = 0
+    pause = Backoff(poll_interval, max_interval, factor=1.25, steady=10)
     while True:
-        cycles += 1
         ok = replicating = stuck = 0
         stuck_rules = []
         all_ok = True
@@ -181,9 +180,7 @@ def wait_for_rules(
                 "still replicating",
                 files,
             )
-        time.sleep(min(interval, max(0.0, timeout - now.elapsed)))
-        if cycles >= 10:
-            interval = min(interval * 1.25, max_interval)
+        time.sleep(min(pause.step(), max(0.0, timeout - now.elapsed)))
 
 
 def replicas(client: Any, dids: Sequence[Did], rse: str | None) -> list[StagedFile]:
