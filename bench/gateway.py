@@ -43,7 +43,7 @@ SLOW = {("list 10,000", "django-uws"): 10}  # about 30 s per list
 
 def seed_ours(path: Path, owner: str) -> list[str]:
     """STORED PENDING hello-world jobs in the gateway's table."""
-    store = JobStore(path)
+    store = JobStore.open(path)
     now = datetime.now(UTC).replace(microsecond=0)
     ids = []
     for i in range(STORED):

@@ -21,6 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.auth import Authenticator
 from gateway.bodies import BodyLimit
 from gateway.broker import Broker
+from gateway.broker_store import OfferStore
+from gateway.database import Database
+from gateway.errors import GatewayError, answer
 from gateway.routes_broker import router as broker_router
 from gateway.routes_planner import facility_capabilities
 from gateway.routes_planner import router as planner_router
@@ -28,6 +31,7 @@ from gateway.routes_uws import router as uws_router
 from gateway.service import JobService
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
+from gateway.sync import PhaseSync
 
 RESULT_FILE = re.compile(r"^/uws/jobs/[^/]+/results/[^/]+/?$")
 
@@ -66,19 +70,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = JobStore(config.database)
+        db = Database(config.database)
         async with get_client() as client:
-            service = JobService(store, client, config)
+            service = JobService(JobStore(db), client, config)
             app.state.service = service
-            app.state.broker = Broker(store, service, facility_capabilities, config.offer_seconds)
-            sync = asyncio.create_task(service.sync_forever())
+            app.state.broker = Broker(
+                OfferStore(db), service, facility_capabilities, config.offer_seconds
+            )
+            sync = asyncio.create_task(PhaseSync(service).forever(config.sync_interval))
             try:
                 yield
             finally:
                 sync.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sync
-                store.close()
+                db.close()
 
     app = FastAPI(
         title="esap-prefect gateway",
@@ -93,6 +99,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(planner_router)
     app.include_router(broker_router)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(GatewayError, answer)
     app.add_middleware(CompressDocuments)
     app.add_middleware(BodyLimit, limit=config.max_body)
     return app

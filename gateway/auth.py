@@ -18,10 +18,11 @@ from typing import Any
 
 import httpx
 import jwt
-from fastapi import HTTPException, Request
+from fastapi import Request
 
 from core.files import write_secret_file
 from core.params import ParameterError, check_text
+from gateway.errors import Unauthenticated
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("esap.gateway")
@@ -123,12 +124,12 @@ class Authenticator:
         scheme, _, credential = (authorization or "").partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
-            raise _unauthorized("a bearer token is required")
+            raise Unauthenticated("a bearer token is required")
         if hmac.compare_digest(credential.encode(), self._token.encode()):
             return Identity(self._local_user)
         if self._keys is not None and credential.count(".") == 2 and len(credential) < MAX_TOKEN:
             return Identity(await self._oidc_owner(credential))
-        raise _unauthorized("the bearer token is not valid")
+        raise Unauthenticated("the bearer token is not valid")
 
     async def _oidc_owner(self, token: str) -> str:
         assert self._keys is not None
@@ -148,12 +149,8 @@ class Authenticator:
             subject = check_text(str(claims["sub"]), "sub", 255)
         except (jwt.PyJWTError, ParameterError) as exc:
             log.info("refused a bearer token: %s", exc)
-            raise _unauthorized("the bearer token is not valid") from None
+            raise Unauthenticated("the bearer token is not valid") from None
         return f"{subject}@{(self._issuer or 'oidc').rstrip('/')}"
-
-
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(401, detail, headers={"WWW-Authenticate": 'Bearer realm="esap"'})
 
 
 async def current_user(request: Request) -> Identity:

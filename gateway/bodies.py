@@ -9,10 +9,12 @@ import json
 from typing import Any
 
 import yaml
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import BodyTooLarge, InvalidRequest
 
 MAX_DEPTH = 64
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
@@ -44,7 +46,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise HTTPException(413, self._text())
+                    raise BodyTooLarge(self._text())
             return message
 
         await self.app(scope, counted, send)
@@ -85,11 +87,11 @@ def parse_json(raw: bytes | str) -> Any:
     try:
         value = json.loads(raw)
     except RecursionError:
-        raise HTTPException(400, f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
+        raise InvalidRequest(f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError:
-        raise HTTPException(400, "the request body is not valid JSON") from None
+        raise InvalidRequest("the request body is not valid JSON") from None
     if _depth(value) > MAX_DEPTH:
-        raise HTTPException(400, f"the JSON body nests deeper than {MAX_DEPTH} levels")
+        raise InvalidRequest(f"the JSON body nests deeper than {MAX_DEPTH} levels")
     return value
 
 
@@ -98,13 +100,13 @@ def parse_yaml(raw: bytes) -> Any:
     try:
         value = yaml.load(raw, Loader=_NoAliases)
     except RecursionError:
-        raise HTTPException(400, f"the YAML body nests deeper than {MAX_DEPTH} levels") from None
+        raise InvalidRequest(f"the YAML body nests deeper than {MAX_DEPTH} levels") from None
     except yaml.composer.ComposerError as exc:
-        raise HTTPException(400, f"the YAML body is refused: {exc.problem}") from None
+        raise InvalidRequest(f"the YAML body is refused: {exc.problem}") from None
     except yaml.YAMLError:
-        raise HTTPException(400, "the request body is not valid YAML") from None
+        raise InvalidRequest("the request body is not valid YAML") from None
     if _depth(value) > MAX_DEPTH:
-        raise HTTPException(400, f"the YAML body nests deeper than {MAX_DEPTH} levels")
+        raise InvalidRequest(f"the YAML body nests deeper than {MAX_DEPTH} levels")
     return value
 
 

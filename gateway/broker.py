@@ -1,7 +1,8 @@
 """The IVOA ExecutionBroker over the planner and UWS jobs: offer sets, sessions, acceptance.
 
 An offer is the planner's YES for one facility; accepting it creates and runs a UWS job of
-the run-container workflow, and the session's phase follows that job.
+the run-container workflow, and the session's phase follows that job. Storage is
+`OfferStore`'s; this module translates between the broker's documents and the planner.
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import asyncio
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import HTTPException
 from pydantic import TypeAdapter, ValidationError
 
 from core.params import describe
-from core.states import UWSPhase
 from gateway.broker_models import (
     DOCKER,
     ENUM_UPDATE,
@@ -41,26 +40,14 @@ from gateway.broker_models import (
     SingularityContainer,
     UpdateRequest,
 )
+from gateway.broker_store import OfferStore, StoredSession
+from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from gateway.service import JobService, now
-from gateway.store import JobStore
 from planner.matching import match
 from planner.models import Capabilities, Offer, Resources, TaskRequest, TaskType
 
 GIB = 1024**3
 DEFAULT_DURATION = 3600
-JOB_PHASES: dict[UWSPhase, Phase] = {
-    UWSPhase.PENDING: Phase.WAITING,
-    UWSPhase.QUEUED: Phase.WAITING,
-    UWSPhase.HELD: Phase.WAITING,
-    UWSPhase.SUSPENDED: Phase.WAITING,
-    UWSPhase.EXECUTING: Phase.RUNNING,
-    UWSPhase.COMPLETED: Phase.COMPLETED,
-    UWSPhase.ERROR: Phase.FAILED,
-    UWSPhase.ABORTED: Phase.CANCELLED,
-    UWSPhase.ARCHIVED: Phase.COMPLETED,
-    UWSPhase.UNKNOWN: Phase.WAITING,
-}
-FINAL = (Phase.REJECTED, Phase.EXPIRED, Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED)
 _EXECUTABLE: TypeAdapter[DockerContainer | SingularityContainer] = TypeAdapter(Executable)
 _DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
 
@@ -98,11 +85,11 @@ def _requested_seconds(request: OfferSetRequest) -> int:
     try:
         seconds = int(_DURATION.validate_python(text).total_seconds())
     except ValidationError:
-        raise HTTPException(
-            400, f"schedule.requested.duration: {text!r} is not an ISO 8601 duration"
+        raise InvalidRequest(
+            f"schedule.requested.duration: {text!r} is not an ISO 8601 duration"
         ) from None
     if seconds <= 0:
-        raise HTTPException(400, "schedule.requested.duration must be positive")
+        raise InvalidRequest("schedule.requested.duration must be positive")
     return seconds
 
 
@@ -116,7 +103,7 @@ def _executable(request: OfferSetRequest) -> DockerContainer | SingularityContai
     try:
         executable = _EXECUTABLE.validate_python(request.executable)
     except ValidationError as exc:
-        raise HTTPException(400, f"invalid executable: {describe(exc)}") from None
+        raise InvalidRequest(f"invalid executable: {describe(exc)}") from None
     if isinstance(executable, DockerContainer):
         if executable.privileged:
             raise Refusal("privileged containers are not run here")
@@ -137,7 +124,7 @@ def _compute(request: OfferSetRequest) -> SimpleCompute:
     for what, amount in (("cores", compute.cores), ("memory", compute.memory)):
         asked = amount.requested if amount else None
         if asked and asked.min and asked.max and asked.max < asked.min:
-            raise HTTPException(400, f"resources.compute.{what}.requested: max is below min")
+            raise InvalidRequest(f"resources.compute.{what}.requested: max is below min")
     return compute
 
 
@@ -182,16 +169,16 @@ def _offered(compute: SimpleCompute, task: TaskRequest, offer: Offer) -> SimpleC
 
 
 class Broker:
-    """Offer sets and sessions, kept in the gateway's database."""
+    """Offer sets and sessions: made from the planner's answers, run as UWS jobs."""
 
     def __init__(
         self,
-        store: JobStore,
+        offers: OfferStore,
         service: JobService,
         capabilities: Callable[[], list[Capabilities]],
         offer_seconds: float,
     ) -> None:
-        self.store, self.service = store, service
+        self.offers, self.service = offers, service
         self._capabilities = capabilities
         self._offer_seconds = offer_seconds
         self._lock = asyncio.Lock()
@@ -201,11 +188,11 @@ class Broker:
         try:
             request = OfferSetRequest.model_validate(body)
         except ValidationError as exc:
-            raise HTTPException(400, f"invalid offer set request: {describe(exc)}") from None
+            raise InvalidRequest(f"invalid offer set request: {describe(exc)}") from None
         seconds = _requested_seconds(request)
         created = now()
         set_id = str(uuid.uuid4())
-        sessions: list[Session] = []
+        offers: list[tuple[Session, str]] = []
         messages: list[Message] = []
         try:
             executable = _executable(request)
@@ -221,40 +208,12 @@ class Broker:
             messages.append(_message("WARN", "{reason}", reason=str(refusal)))
         else:
             expires = created + timedelta(seconds=self._offer_seconds)
-            for offer in answer.offers:
-                session_id = str(uuid.uuid4())
-                duration = min(
-                    offer.resources.maxduration, max(seconds, task.resources.minduration)
-                )
-                sessions.append(
-                    Session(
-                        uuid=session_id,
-                        name=request.name,
-                        created=created,
-                        href=f"{base}/sessions/{session_id}",
-                        messages=[
-                            _message(
-                                "INFO",
-                                "offered by facility {facility} ({servicetype})",
-                                facility=offer.serviceinfo.facility,
-                                servicetype=offer.servicetype,
-                            )
-                        ],
-                        phase=Phase.OFFERED,
-                        expires=expires,
-                        executable=executable,
-                        resources=ResourceList(compute=[_offered(compute, task, offer)]),
-                        schedule=Schedule(
-                            requested=request.schedule.requested if request.schedule else None,
-                            executing=ScheduleItem(
-                                start=_interval(created, 0), duration=iso_duration(duration)
-                            ),
-                        ),
-                        options=[
-                            Option(path="phase", values=["ACCEPTED", "REJECTED", "CANCELLED"])
-                        ],
-                    )
-                )
+            offers = [
+                (_session(request, executable, compute, task, offer, created, expires, base),
+                 offer.serviceinfo.facility)
+                for offer in answer.offers
+            ]  # fmt: skip
+        sessions = [session for session, _ in offers]
         result = OfferSet(
             uuid=set_id,
             name=request.name,
@@ -264,83 +223,49 @@ class Broker:
             result="YES" if sessions else "NO",
             offers=sessions,
         )
-        self._save(owner, result, sessions)
+        self.offers.save(owner, result, sessions, [facility for _, facility in offers])
         return result
-
-    def _save(self, owner: str, offerset: OfferSet, sessions: Iterable[Session]) -> None:
-        head = offerset.model_copy(update={"offers": []}).model_dump_json()
-        statements: list[tuple[str, list[Any]]] = [
-            (
-                "INSERT INTO offersets (uuid, owner, document) VALUES (?, ?, ?)",
-                [offerset.uuid, owner, head],
-            )
-        ]
-        for rank, session in enumerate(sessions):
-            facility = session.messages[0].values["facility"]
-            statements.append(
-                (
-                    "INSERT INTO sessions (uuid, offerset, rank, owner, phase, expires, facility,"
-                    " document) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        session.uuid,
-                        offerset.uuid,
-                        rank,
-                        owner,
-                        Phase.OFFERED.value,
-                        session.expires.isoformat() if session.expires else "",
-                        facility,
-                        session.model_dump_json(),
-                    ],
-                )
-            )
-        self.store.write(statements)
 
     # ---- reading
 
     def offerset(self, owner: str, set_id: str) -> OfferSet:
         """An offer set with its sessions' current phases."""
-        rows = self.store.rows("SELECT * FROM offersets WHERE uuid = ?", (set_id,))
-        if not rows:
-            raise HTTPException(404, f"no offer set {set_id}")
-        if rows[0]["owner"] != owner:
-            raise HTTPException(403, f"offer set {set_id} belongs to another user")
-        head = OfferSet.model_validate_json(rows[0]["document"])
-        sessions = self.store.rows(
-            "SELECT * FROM sessions WHERE offerset = ? ORDER BY rank", (set_id,)
-        )
-        return head.model_copy(update={"offers": [self._session(r) for r in sessions]})
+        found = self.offers.offerset(set_id)
+        if found is None:
+            raise NotFound(f"no offer set {set_id}")
+        if found[0] != owner:
+            raise Forbidden(f"offer set {set_id} belongs to another user")
+        sessions = [self._current(s) for s in self.offers.sessions(set_id)]
+        return found[1].model_copy(update={"offers": sessions})
 
     def session(self, owner: str, session_id: str) -> Session:
         """One session, its phase following its UWS job."""
-        return self._session(self._row(owner, session_id))
+        return self._current(self._owned(owner, session_id))
 
-    def _row(self, owner: str, session_id: str) -> dict[str, Any]:
-        rows = self.store.rows("SELECT * FROM sessions WHERE uuid = ?", (session_id,))
-        if not rows:
-            raise HTTPException(404, f"no session {session_id}")
-        if rows[0]["owner"] != owner:
-            raise HTTPException(403, f"session {session_id} belongs to another user")
-        return rows[0]
+    def _owned(self, owner: str, session_id: str) -> StoredSession:
+        stored = self.offers.session(session_id)
+        if stored is None:
+            raise NotFound(f"no session {session_id}")
+        if stored.owner != owner:
+            raise Forbidden(f"session {session_id} belongs to another user")
+        return stored
 
-    def _phase(self, row: dict[str, Any]) -> Phase:
-        phase = Phase(row["phase"])
-        if phase is Phase.OFFERED and datetime.fromisoformat(row["expires"]) < now():
+    def _phase(self, stored: StoredSession) -> Phase:
+        if stored.phase is Phase.OFFERED and stored.expires and stored.expires < now():
             return Phase.EXPIRED
-        if phase is Phase.ACCEPTED and row["job_id"]:
-            job = self.store.get(row["job_id"])
+        if stored.phase is Phase.ACCEPTED and stored.job_id:
+            job = self.service.store.get(stored.job_id)
             if job is not None:
-                return JOB_PHASES[job.phase]
-        return phase
+                return Phase.of_job(job.phase)
+        return stored.phase
 
-    def _session(self, row: dict[str, Any]) -> Session:
-        session = Session.model_validate_json(row["document"])
-        phase = self._phase(row)
+    def _current(self, stored: StoredSession) -> Session:
+        session, phase = stored.document, self._phase(stored)
         messages = list(session.messages)
-        if row["job_id"]:
-            job = self.store.get(row["job_id"])
-            messages.append(
-                _message("INFO", "UWS job {href}", href=f"{self._base()}/uws/jobs/{row['job_id']}")
-            )
+        if stored.job_id:
+            job = self.service.store.get(stored.job_id)
+            href = f"{self.service.settings.base_url}/uws/jobs/{stored.job_id}"
+            messages.append(_message("INFO", "UWS job {href}", href=href))
             if job is not None and job.error_message and phase in (Phase.FAILED, Phase.CANCELLED):
                 messages.append(_message("ERROR", "{error}", error=job.error_message))
         return session.model_copy(
@@ -348,12 +273,9 @@ class Broker:
                 "phase": phase,
                 "expires": session.expires if phase is Phase.OFFERED else None,
                 "messages": messages,
-                "options": session.options if phase not in FINAL else [],
+                "options": [] if phase.is_final else session.options,
             }
         )
-
-    def _base(self) -> str:
-        return self.service.settings.base_url
 
     # ---- changing
 
@@ -362,57 +284,75 @@ class Broker:
         try:
             update = UpdateRequest.model_validate(body).update
         except ValidationError as exc:
-            raise HTTPException(400, f"invalid update request: {describe(exc)}") from None
+            raise InvalidRequest(f"invalid update request: {describe(exc)}") from None
         if update.type != ENUM_UPDATE or update.path != "phase":
-            raise HTTPException(
-                400,
+            raise InvalidRequest(
                 f"only {ENUM_UPDATE} of path phase is supported (got {update.type} of "
-                f"{update.path})",
+                f"{update.path})"
             )
         wanted = str(update.value)
+        if wanted not in (Phase.ACCEPTED, Phase.REJECTED, Phase.CANCELLED):
+            raise InvalidRequest(
+                f"phase {wanted!r} cannot be set; use ACCEPTED, REJECTED or CANCELLED"
+            )
         async with self._lock:
-            row = self._row(owner, session_id)
-            phase = self._phase(row)
+            stored = self._owned(owner, session_id)
+            phase = self._phase(stored)
             if wanted == Phase.ACCEPTED and phase is Phase.OFFERED:
-                await self._accept(owner, row)
-            elif wanted == Phase.REJECTED and phase is Phase.OFFERED:
-                self._set(session_id, Phase.REJECTED)
-            elif wanted == Phase.CANCELLED and phase is Phase.OFFERED:
-                self._set(session_id, Phase.CANCELLED)
+                await self._accept(owner, session_id, stored)
+            elif wanted in (Phase.REJECTED, Phase.CANCELLED) and phase is Phase.OFFERED:
+                self.offers.set_phase(session_id, Phase(wanted))
             elif wanted == Phase.CANCELLED and phase in (Phase.WAITING, Phase.RUNNING):
-                job = self.store.get(row["job_id"])
+                job = self.service.store.get(stored.job_id or "")
                 if job is not None:
                     await self.service.abort(job, "session cancelled")
-            elif wanted not in (Phase.ACCEPTED, Phase.REJECTED, Phase.CANCELLED):
-                raise HTTPException(
-                    400, f"phase {wanted!r} cannot be set; use ACCEPTED, REJECTED or CANCELLED"
-                )
             else:
-                raise HTTPException(409, f"session {session_id} is {phase.value}; cannot {wanted}")
+                raise Conflict(f"session {session_id} is {phase.value}; cannot {wanted}")
         return self.session(owner, session_id)
 
-    def _set(self, session_id: str, phase: Phase) -> None:
-        self.store.write(
-            [("UPDATE sessions SET phase = ? WHERE uuid = ?", [phase.value, session_id])]
-        )
-
-    async def _accept(self, owner: str, row: dict[str, Any]) -> None:
-        session = Session.model_validate_json(row["document"])
-        parameters = _job_parameters(session, row["facility"])
+    async def _accept(self, owner: str, session_id: str, stored: StoredSession) -> None:
+        parameters = _job_parameters(stored.document, stored.facility)
         job, _token = await self.service.create(owner, parameters)
         await self.service.run(job)
-        self.store.write(
-            [
-                (
-                    "UPDATE sessions SET phase = ?, job_id = ? WHERE uuid = ?",
-                    [Phase.ACCEPTED.value, job.job_id, row["uuid"]],
-                ),
-                (
-                    "UPDATE sessions SET phase = ? WHERE offerset = ? AND uuid != ? AND phase = ?",
-                    [Phase.REJECTED.value, row["offerset"], row["uuid"], Phase.OFFERED.value],
-                ),
-            ]
-        )
+        self.offers.accept(session_id, job.job_id)
+
+
+def _session(
+    request: OfferSetRequest,
+    executable: DockerContainer | SingularityContainer,
+    compute: SimpleCompute,
+    task: TaskRequest,
+    offer: Offer,
+    created: datetime,
+    expires: datetime,
+    base: str,
+) -> Session:
+    """The OFFERED session of one planner offer."""
+    session_id = str(uuid.uuid4())
+    duration = min(offer.resources.maxduration, task.resources.minduration)
+    return Session(
+        uuid=session_id,
+        name=request.name,
+        created=created,
+        href=f"{base}/sessions/{session_id}",
+        messages=[
+            _message(
+                "INFO",
+                "offered by facility {facility} ({servicetype})",
+                facility=offer.serviceinfo.facility,
+                servicetype=offer.servicetype,
+            )
+        ],
+        phase=Phase.OFFERED,
+        expires=expires,
+        executable=executable,
+        resources=ResourceList(compute=[_offered(compute, task, offer)]),
+        schedule=Schedule(
+            requested=request.schedule.requested if request.schedule else None,
+            executing=ScheduleItem(start=_interval(created, 0), duration=iso_duration(duration)),
+        ),
+        options=[Option(path="phase", values=["ACCEPTED", "REJECTED", "CANCELLED"])],
+    )
 
 
 def _job_parameters(session: Session, facility: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from core.params import check_value
+from core.states import ACTIVE_PHASES, UWSPhase
 
 SCHEMA = "https://www.purl.org/ivoa.net/EB/schema/types"
 DOCKER = f"{SCHEMA}/executables/docker-container-1.0"
@@ -32,6 +33,26 @@ class Phase(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the phases a session never leaves."""
+        return self in _FINAL
+
+    @classmethod
+    def of_job(cls, phase: UWSPhase) -> Phase:
+        """The phase of an accepted session whose UWS job is in `phase`."""
+        if phase in ACTIVE_PHASES or phase in (UWSPhase.PENDING, UWSPhase.UNKNOWN):
+            return cls.RUNNING if phase is UWSPhase.EXECUTING else cls.WAITING
+        return {
+            UWSPhase.COMPLETED: cls.COMPLETED,
+            UWSPhase.ARCHIVED: cls.COMPLETED,
+            UWSPhase.ERROR: cls.FAILED,
+            UWSPhase.ABORTED: cls.CANCELLED,
+        }[phase]
+
+
+_FINAL = frozenset({Phase.REJECTED, Phase.EXPIRED, Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
 
 
 class _Doc(BaseModel):

@@ -117,6 +117,8 @@ JOBS_OPEN = _EMPTY_LIST[:-2] + ">"
 JOBS_CLOSE = "</uws:jobs>"
 
 ListFormat = Literal["json", "xml"]
+RENDERING = 2
+"""Raise it whenever `list_entry` renders differently: kept entries are then rendered anew."""
 
 
 class ListEntry(NamedTuple):

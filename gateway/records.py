@@ -1,6 +1,6 @@
-"""What the gateway keeps about a UWS job: its record and its results.
+"""What the gateway keeps about a UWS job: its record, its results, and a change to it.
 
-Plain pydantic models shared by the store, the documents and the routes.
+Plain pydantic models shared by the store, the service, the documents and the routes.
 """
 
 from __future__ import annotations
@@ -55,3 +55,32 @@ class JobRecord(BaseModel):
     results: list[Result]
     flow_run_id: str | None
     token_hash: str | None
+
+
+class JobUpdate(BaseModel):
+    """A change to a job: only the fields set are written (`model_fields_set`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow: str | None = None
+    run_id: str | None = None
+    phase: UWSPhase | None = None
+    parameters: dict[str, str] | None = None
+    flow_parameters: dict[str, Any] | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    execution_duration: int | None = None
+    destruction: datetime | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    results: list[Result] | None = None
+    flow_run_id: str | None = None
+    token_hash: str | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this update sets, with their values (None included when set)."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+    def __or__(self, other: JobUpdate) -> JobUpdate:
+        """Both updates, `other` winning where both set a field."""
+        return JobUpdate.model_validate({**self.changes(), **other.changes()})

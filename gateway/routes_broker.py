@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gateway.auth import current_user
 from gateway.bodies import YAML_TYPES, media_type, parse_json, parse_yaml
 from gateway.broker import Broker
 from gateway.broker_models import OfferSet, OfferSetRequest, Session, UpdateRequest
+from gateway.errors import UnsupportedMedia
 
 router = APIRouter(tags=["ExecutionBroker"])
 
@@ -21,7 +22,7 @@ router = APIRouter(tags=["ExecutionBroker"])
 async def _body(request: Request) -> Any:
     kind = media_type(request)
     if kind.endswith("xml"):
-        raise HTTPException(415, "XML bodies are not supported; send application/json or yaml")
+        raise UnsupportedMedia("XML bodies are not supported; send application/json or yaml")
     raw = await request.body()
     return parse_yaml(raw) if kind in YAML_TYPES else parse_json(raw)
 

@@ -5,7 +5,7 @@ Facilities are the ones saved in Prefect; each offer's endpoint is this gateway'
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
@@ -14,6 +14,7 @@ from core.errors import UnknownBlockError
 from core.params import describe
 from gateway.auth import current_user
 from gateway.bodies import json_body
+from gateway.errors import InvalidRequest, Unavailable
 from planner.matching import match
 from planner.models import Capabilities, PlanResponse, ServiceInfo, TaskRequest
 
@@ -53,10 +54,10 @@ async def plan(request: Request) -> PlanResponse:
     try:
         task = TaskRequest.model_validate(body)
     except ValidationError as exc:
-        raise HTTPException(400, f"invalid planner request: {describe(exc)}") from None
+        raise InvalidRequest(f"invalid planner request: {describe(exc)}") from None
     try:
         capabilities = await run_in_threadpool(facility_capabilities)
     except UnknownBlockError as exc:
-        raise HTTPException(503, str(exc)) from None
+        raise Unavailable(str(exc)) from None
     answer = match(task, capabilities)
     return _with_endpoints(answer, str(request.app.state.settings.base_url))

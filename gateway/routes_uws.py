@@ -5,20 +5,13 @@ Handlers are thin: they authenticate, parse, call `JobService`, and render a doc
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from core.params import check_text
-from core.states import UWSPhase
-from core.units import MAX_SECONDS
 from gateway.auth import Identity, current_user
-from gateway.bodies import json_body, media_type
+from gateway.bodies import json_body
 from gateway.documents import (
     ListFormat,
     availability_xml,
@@ -28,8 +21,10 @@ from gateway.documents import (
     results_xml,
     utc_text,
 )
-from gateway.records import JobRecord, Result
-from gateway.service import FINAL, JobService
+from gateway.errors import InvalidRequest
+from gateway.records import JobRecord
+from gateway.service import JobService
+from gateway.uws_input import one, phases, read_fields, results, seconds, timestamp
 
 router = APIRouter(prefix="/uws", tags=["UWS"])
 
@@ -62,12 +57,6 @@ JSON = "application/json"
 User = Annotated[Identity, Depends(current_user)]
 MAX_RESULTS = 1000
 MAX_LAST = 2**31 - 1
-_SECONDS = re.compile(r"[0-9]{1,10}")
-CALLBACK_PHASES = {
-    "EXECUTING": UWSPhase.EXECUTING,
-    "COMPLETE": UWSPhase.COMPLETED,
-    "ERROR": UWSPhase.ERROR,
-}
 
 
 def _service(request: Request) -> JobService:
@@ -85,29 +74,6 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in content or ("application/json" in accept and "xml" not in accept)
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-async def _fields(request: Request) -> dict[str, str]:
-    """Form fields, or a JSON body (django-uws `parameters: [{key, value}]` or a flat object)."""
-    if media_type(request) == "application/json":
-        body = await json_body(request)
-        if not isinstance(body, dict):
-            raise HTTPException(400, "the JSON body must be an object")
-        items = body.get("parameters") or []
-        if not isinstance(items, list):
-            raise HTTPException(400, "parameters must be a list of {key, value} objects")
-        fields = {k: _text(v) for k, v in body.items() if k != "parameters" and v is not None}
-        for item in items:
-            if not isinstance(item, dict) or "key" not in item:
-                raise HTTPException(400, "each of parameters must be an object with key and value")
-            fields[_text(item["key"])] = _text(item.get("value", ""))
-        return fields
-    form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
-
-
 def _job(request: Request, job: JobRecord, status: int = 200) -> Response:
     if _wants_json(request):
         return JSONResponse(job_json(job, _base(request)), status_code=status)
@@ -122,30 +88,6 @@ def _see(request: Request, path: str, job: JobRecord | None = None) -> Response:
             job_json(job, _base(request)), status_code=303, headers={"Location": location}
         )
     return Response(status_code=303, headers={"Location": location})
-
-
-def _phases(values: list[str]) -> list[UWSPhase]:
-    try:
-        return [UWSPhase(v.upper()) for v in values]
-    except ValueError:
-        raise HTTPException(
-            400, f"PHASE must be among {', '.join(p.value for p in UWSPhase)}"
-        ) from None
-
-
-def _timestamp(text: str, name: str) -> datetime:
-    """An ISO 8601 time, in UTC; 400 naming `name` when it is not one or falls outside 1-9999."""
-    try:
-        value = datetime.fromisoformat(check_text(text, name, 64).replace("Z", "+00:00"))
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise HTTPException(
-            400, f"{name} must be an ISO 8601 time between the years 1 and 9999 UTC"
-        ) from None
-
-
-def _one(fields: Mapping[str, str], name: str) -> str | None:
-    return next((v for k, v in fields.items() if k.upper() == name), None)
 
 
 @router.get("/availability", summary="VOSI availability")
@@ -166,10 +108,10 @@ async def list_jobs(
     LAST: Annotated[int | None, Query(ge=0, le=MAX_LAST)] = None,
 ) -> Response:
     """The caller's jobs, newest first, filtered by PHASE (repeatable), AFTER and LAST."""
-    after = _timestamp(AFTER, "AFTER") if AFTER else None
+    after = timestamp(AFTER, "AFTER") if AFTER else None
     form: ListFormat = "json" if _wants_json(request) else "xml"
     store = _service(request).store
-    jobs = store.listing(form, _base(request), user.user, _phases(PHASE or []), after, LAST)
+    jobs = store.listing(form, _base(request), user.user, phases(PHASE or []), after, LAST)
     headers = {"Vary": "Accept-Encoding"}
     # the same test as Starlette's GZipMiddleware, which compresses the other answers
     if "gzip" in request.headers.get("accept-encoding", ""):
@@ -186,13 +128,13 @@ async def create_job(request: Request, user: User) -> Response:
 
     PHASE=RUN also runs it.
     """
-    fields = await _fields(request)
+    fields = await read_fields(request)
     # the planner's offers point at /uws/jobs?facility=NAME
     for key, value in request.query_params.items():
         fields.setdefault(key, value)
-    phase = _one(fields, "PHASE")
+    phase = one(fields, "PHASE")
     if phase is not None and phase.upper() != "RUN":
-        raise HTTPException(400, "PHASE at creation can only be RUN")
+        raise InvalidRequest("PHASE at creation can only be RUN")
     service = _service(request)
     job, _token = await service.create(
         user.user, {k: v for k, v in fields.items() if k.upper() != "PHASE"}
@@ -215,7 +157,7 @@ async def get_job(
     service = _service(request)
     job = service.owned(job_id, user.user)
     if WAIT is not None:
-        watched = _phases([PHASE])[0] if PHASE else None
+        watched = phases([PHASE])[0] if PHASE else None
         job = await service.wait(job, WAIT, watched)
     return _job(request, job)
 
@@ -240,8 +182,8 @@ async def post_job(request: Request, job_id: str, user: User) -> Response:
     """ACTION=DELETE deletes the job (for clients that cannot send DELETE)."""
     service = _service(request)
     job = service.owned(job_id, user.user)
-    if (_one(await _fields(request), "ACTION") or "").upper() != "DELETE":
-        raise HTTPException(400, "the only action on a job is ACTION=DELETE")
+    if (one(await read_fields(request), "ACTION") or "").upper() != "DELETE":
+        raise InvalidRequest("the only action on a job is ACTION=DELETE")
     await service.delete(job)
     return _see(request, "/uws/jobs")
 
@@ -258,29 +200,26 @@ async def get_phase(request: Request, job_id: str, user: User) -> str:
 async def post_phase(request: Request, job_id: str) -> Response:
     """PHASE=RUN or ABORT (the owner); EXECUTING, COMPLETE, ERROR (a job's call-back token)."""
     service = _service(request)
-    header = request.headers.get("authorization", "")
-    if header.startswith("Token "):
-        job = service.store.get(job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id}")
-        service.callback(job, header.removeprefix("Token ").strip())
-        wanted = (_one(await _fields(request), "PHASE") or "").upper()
-        if wanted not in CALLBACK_PHASES:
-            raise HTTPException(400, f"a call-back sets PHASE to {', '.join(CALLBACK_PHASES)}")
-        if job.phase in FINAL:
-            raise HTTPException(400, f"job {job_id} is already {job.phase.value}")
-        service.report(job, CALLBACK_PHASES[wanted])
+    token = _job_token(request)
+    if token is not None:
+        job = service.called_back(job_id, token)
+        job = service.report(job, one(await read_fields(request), "PHASE") or "")
     else:
-        user = await current_user(request)
-        job = service.owned(job_id, user.user)
-        wanted = (_one(await _fields(request), "PHASE") or "").upper()
+        job = service.owned(job_id, (await current_user(request)).user)
+        wanted = (one(await read_fields(request), "PHASE") or "").upper()
         if wanted == "RUN":
             job = await service.run(job)
         elif wanted == "ABORT":
             job = await service.abort(job)
         else:
-            raise HTTPException(400, "PHASE must be RUN or ABORT")
-    return _see(request, f"/uws/jobs/{job_id}", service.store.get(job_id))
+            raise InvalidRequest("PHASE must be RUN or ABORT")
+    return _see(request, f"/uws/jobs/{job_id}", job)
+
+
+def _job_token(request: Request) -> str | None:
+    """The job token of a call-back (`Authorization: Token ...`), if that is what was sent."""
+    header = request.headers.get("authorization", "")
+    return header.removeprefix("Token ").strip() if header.startswith("Token ") else None
 
 
 @router.get("/jobs/{job_id}/executionduration", response_class=PlainTextResponse)
@@ -298,12 +237,9 @@ async def post_duration(request: Request, job_id: str, user: User) -> Response:
     """EXECUTIONDURATION=seconds, before the job runs."""
     service = _service(request)
     job = service.owned(job_id, user.user)
-    text = (_one(await _fields(request), "EXECUTIONDURATION") or "").strip()
-    if not _SECONDS.fullmatch(text) or int(text) > MAX_SECONDS:
-        raise HTTPException(
-            400, f"EXECUTIONDURATION must be a whole number of seconds from 0 to {MAX_SECONDS}"
-        )
-    service.set_execution_duration(job, int(text))
+    service.set_execution_duration(
+        job, seconds(one(await read_fields(request), "EXECUTIONDURATION"), "EXECUTIONDURATION")
+    )
     return _see(request, f"/uws/jobs/{job_id}")
 
 
@@ -323,7 +259,7 @@ async def post_destruction(request: Request, job_id: str, user: User) -> Respons
     service = _service(request)
     job = service.owned(job_id, user.user)
     service.set_destruction(
-        job, _timestamp(_one(await _fields(request), "DESTRUCTION") or "", "DESTRUCTION")
+        job, timestamp(one(await read_fields(request), "DESTRUCTION") or "", "DESTRUCTION")
     )
     return _see(request, f"/uws/jobs/{job_id}")
 
@@ -360,7 +296,7 @@ async def get_parameters(request: Request, job_id: str, user: User) -> Response:
 async def post_parameters(request: Request, job_id: str, user: User) -> Response:
     """Add or change parameters of a PENDING job."""
     service = _service(request)
-    job = await service.set_parameters(service.owned(job_id, user.user), await _fields(request))
+    job = await service.set_parameters(service.owned(job_id, user.user), await read_fields(request))
     return _see(request, f"/uws/jobs/{job_id}", job)
 
 
@@ -379,34 +315,9 @@ async def get_results(request: Request, job_id: str, user: User) -> Response:
 async def post_results(request: Request, job_id: str) -> Response:
     """A running job's call-back adds results `[{key, value, size, mimeType}]` (django-uws)."""
     service = _service(request)
-    job = service.store.get(job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
-    header = request.headers.get("authorization", "")
-    service.callback(
-        job, header.removeprefix("Token ").strip() if header.startswith("Token ") else None
-    )
-    body = await json_body(request)
-    items = body if isinstance(body, list) else [body]
-    if len(items) + len(job.results) > MAX_RESULTS:
-        raise HTTPException(400, f"a job has at most {MAX_RESULTS} results")
-    try:
-        results = [
-            Result(
-                id=str(i["key"]),
-                href=str(i["value"]),
-                size=i.get("size"),
-                mime_type=i.get("mimeType"),
-            )
-            for i in items
-        ]
-    except (ValueError, KeyError, TypeError):
-        raise HTTPException(
-            400, "results must be [{key, value, size, mimeType}] of printable text"
-        ) from None
-    service.report(job, job.phase, results)
-    updated = service.store.get(job_id) or job
-    return JSONResponse(job_json(updated, _base(request)), status_code=201)
+    job = service.called_back(job_id, _job_token(request))
+    job = service.add_results(job, results(await json_body(request), len(job.results)))
+    return JSONResponse(job_json(job, _base(request)), status_code=201)
 
 
 @router.get("/jobs/{job_id}/results/{index}", summary="A result file")

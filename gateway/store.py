@@ -1,25 +1,26 @@
-"""The gateway's job table (SQLite): one row per UWS job, phases cached from Prefect.
+"""The gateway's job table: one row per UWS job, phases copied from Prefect by the sync loop.
 
-Reads never reach Prefect: a sync loop copies flow-run states here in bulk. Each row also
-keeps its job-list entries, re-rendered on every change, so listing is one query; whole
-lists are kept in memory until the next change to one of their owner's jobs.
+Each row also keeps its job-list entries, rendered on every change (and all again when the
+rendering changes), so listing is one query; whole lists are kept in memory until the next
+change to one of their owner's jobs.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from core.states import UWSPhase
+from core.states import ACTIVE_PHASES, UWSPhase
+from gateway.database import Database
 from gateway.documents import (
+    RENDERING,
     JobList,
     ListEntry,
     ListFormat,
@@ -27,56 +28,9 @@ from gateway.documents import (
     jobs_document,
     list_entry,
 )
-from gateway.records import JobRecord, Result
+from gateway.records import JobRecord, JobUpdate, Result
 
-ACTIVE = (UWSPhase.QUEUED, UWSPhase.EXECUTING, UWSPhase.HELD, UWSPhase.SUSPENDED)
 LIST_CACHE_BYTES = 64 * 2**20
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    workflow TEXT NOT NULL,
-    run_id TEXT,
-    phase TEXT NOT NULL,
-    parameters TEXT NOT NULL,
-    flow_parameters TEXT NOT NULL,
-    creation_time TEXT NOT NULL,
-    start_time TEXT,
-    end_time TEXT,
-    execution_duration INTEGER NOT NULL DEFAULT 0,
-    destruction TEXT NOT NULL,
-    error_type TEXT,
-    error_message TEXT,
-    results TEXT NOT NULL DEFAULT '[]',
-    flow_run_id TEXT,
-    token_hash TEXT,
-    json_head TEXT,
-    json_tail TEXT,
-    xml_head TEXT,
-    xml_tail TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, creation_time);
-CREATE INDEX IF NOT EXISTS jobs_phase ON jobs (phase);
-CREATE INDEX IF NOT EXISTS jobs_destruction ON jobs (destruction);
-CREATE TABLE IF NOT EXISTS offersets (
-    uuid TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    document TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    uuid TEXT PRIMARY KEY,
-    offerset TEXT NOT NULL,
-    rank INTEGER NOT NULL,
-    owner TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    expires TEXT NOT NULL,
-    facility TEXT NOT NULL,
-    document TEXT NOT NULL,
-    job_id TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_offerset ON sessions (offerset, rank);
-"""
 
 
 def _time(value: str | None) -> datetime | None:
@@ -115,62 +69,38 @@ def _value(value: Any) -> Any:
 
 
 class JobStore:
-    """The job table; thread-safe, one connection, WAL journal."""
+    """The job table, over the gateway's database; thread-safe."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.chmod(0o600)  # job tokens' hashes, parameters: the owner's only
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()  # a list is built while its cache is locked
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._lock = db.lock  # a list is built while its cache is locked
         self._lists: OrderedDict[tuple[Any, ...], JobList] = OrderedDict()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-            self._add_list_entries()
+        self._render_again()
 
-    def _add_list_entries(self) -> None:
-        # gateway databases from before list entries were kept: add and fill the columns
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-        for name in ListEntry._fields:
-            if name not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
-        rows = self._db.execute("SELECT * FROM jobs WHERE xml_tail IS NULL").fetchall()
-        if rows:
-            self._db.execute("BEGIN")
-            for row in rows:
-                self._db.execute(*_set_entry(_row(row)))
-            self._db.execute("COMMIT")
+    @classmethod
+    def open(cls, path: Path) -> JobStore:
+        """A store on its own database at `path` (tools and tests; the app shares one)."""
+        return cls(Database(path))
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+    def _render_again(self) -> None:
+        """Kept list entries rendered by another version of the documents: render them anew.
 
-    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows of any query on the gateway's database (the broker's tables)."""
-        return [dict(r) for r in self._query(sql, args)]
-
-    def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Run statements in one transaction, on the broker's tables.
-
-        Jobs change only through insert, update and delete, which keep the kept lists right.
+        Databases from before entries were kept get the columns first.
         """
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        if self._db.version >= RENDERING:
+            return
+        columns = {r["name"] for r in self._db.rows("PRAGMA table_info(jobs)")}
+        with self._db.transaction() as db:
+            for name in ListEntry._fields:
+                if name not in columns:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
+            for row in db.execute("SELECT * FROM jobs").fetchall():
+                db.execute(*_set_entry(_row(row)))
+        self._db.version = RENDERING
 
     def insert(self, job: JobRecord) -> None:
         """Add a new job."""
@@ -182,29 +112,29 @@ class JobStore:
             self._forget_lists(job.owner)
             self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", list(values.values()))
 
-    def update(self, job_id: str, **changes: Any) -> None:
-        """Change some fields of one job."""
-        if not changes:
-            return
+    def update(self, job_id: str, update: JobUpdate) -> JobRecord | None:
+        """Apply `update` to one job (and re-render its list entries); the job after, or None."""
+        changes = update.changes()
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchall()
-            if not rows:
-                return
-            job = _row(rows[0]).model_copy(update=changes)
+            job = self.get(job_id)
+            if job is None or not changes:
+                return job
+            job = job.model_copy(update=changes)
             self._forget_lists(job.owner)
             values = {k: _value(v) for k, v in changes.items()} | list_entry(job)._asdict()
             sets = ", ".join(f"{name} = ?" for name in values)
             self._db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*values.values(), job_id])
+            return job
 
     def get(self, job_id: str) -> JobRecord | None:
         """One job, or None."""
-        rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        rows = self._db.rows("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
         return _row(rows[0]) if rows else None
 
     def delete(self, job_id: str) -> None:
         """Forget one job."""
         with self._lock:
-            for (owner,) in self._db.execute("SELECT owner FROM jobs WHERE job_id = ?", (job_id,)):
+            for (owner,) in self._db.rows("SELECT owner FROM jobs WHERE job_id = ?", (job_id,)):
                 self._forget_lists(owner)
             self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
@@ -221,7 +151,7 @@ class JobStore:
     ) -> list[JobRecord]:
         """The owner's jobs, newest first; ARCHIVED ones only when asked for by phase."""
         where, args = _listed(owner, phases, after, last)
-        return [_row(r) for r in self._query(f"SELECT * FROM jobs {where}", args)]
+        return [_row(r) for r in self._db.rows(f"SELECT * FROM jobs {where}", args)]
 
     def entries(
         self,
@@ -235,8 +165,7 @@ class JobStore:
         """The job-list entries of what `find` would return, with `base_url` in their links."""
         where, args = _listed(owner, phases, after, last)
         sql = f"SELECT {form}_head || ? || {form}_tail FROM jobs {where}"
-        with self._lock:
-            return [r[0] for r in self._db.execute(sql, [base_text(base_url, form), *args])]
+        return [r[0] for r in self._db.rows(sql, [base_text(base_url, form), *args])]
 
     def listing(
         self,
@@ -264,15 +193,14 @@ class JobStore:
 
     def active(self) -> list[JobRecord]:
         """Jobs whose flow run may still change."""
-        marks = ", ".join("?" for _ in ACTIVE)
+        marks = ", ".join("?" for _ in ACTIVE_PHASES)
         sql = f"SELECT * FROM jobs WHERE flow_run_id IS NOT NULL AND phase IN ({marks})"
-        return [_row(r) for r in self._query(sql, [p.value for p in ACTIVE])]
+        return [_row(r) for r in self._db.rows(sql, [p.value for p in ACTIVE_PHASES])]
 
     def expired(self, now: datetime) -> list[JobRecord]:
         """Jobs past their destruction time."""
-        return [
-            _row(r) for r in self._query("SELECT * FROM jobs WHERE destruction < ?", (_value(now),))
-        ]
+        sql = "SELECT * FROM jobs WHERE destruction < ?"
+        return [_row(r) for r in self._db.rows(sql, (_value(now),))]
 
 
 def _listed(

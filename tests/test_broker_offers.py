@@ -5,37 +5,49 @@ The HTTP side, with real containers, is in test_gateway.py.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 from core.states import UWSPhase
-from gateway.broker import JOB_PHASES, Broker, iso_duration
-from gateway.broker_models import Phase
+from gateway.broker import Broker, iso_duration
+from gateway.broker_models import (
+    DOCKER,
+    DockerContainer,
+    DockerImage,
+    Phase,
+    ResourceList,
+    Schedule,
+    Session,
+)
+from gateway.broker_store import OfferStore, StoredSession
+from gateway.database import Database
 from gateway.service import now
-from gateway.store import JobStore
+
+
+def _stored(phase: str, expires: datetime) -> StoredSession:
+    offered = Session(
+        uuid="s", created=now(), href="h", phase=Phase.OFFERED, executable=DockerContainer(
+            type=DOCKER, image=DockerImage(locations=["x"])),
+        resources=ResourceList(), schedule=Schedule(),
+    )  # fmt: skip
+    return StoredSession("set", "me", Phase(phase), expires, "local", None, offered)
 
 
 def test_an_offer_left_past_its_expiry_is_expired(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "gateway.db")
-    broker = Broker(store, cast(Any, None), list, offer_seconds=1)
-    row = {"phase": "OFFERED", "job_id": None}
-    assert broker._phase({**row, "expires": (now() + timedelta(seconds=30)).isoformat()}) is (
-        Phase.OFFERED
-    )
-    assert broker._phase({**row, "expires": (now() - timedelta(seconds=1)).isoformat()}) is (
-        Phase.EXPIRED
-    )
-    assert broker._phase({**row, "phase": "REJECTED", "expires": now().isoformat()}) is (
-        Phase.REJECTED
-    )
-    store.close()
+    db = Database(tmp_path / "gateway.db")
+    broker = Broker(OfferStore(db), cast(Any, None), list, offer_seconds=1)
+    assert broker._phase(_stored("OFFERED", now() + timedelta(seconds=30))) is Phase.OFFERED
+    assert broker._phase(_stored("OFFERED", now() - timedelta(seconds=1))) is Phase.EXPIRED
+    assert broker._phase(_stored("REJECTED", now())) is Phase.REJECTED
+    db.close()
 
 
 def test_every_uws_phase_has_a_session_phase() -> None:
-    assert set(JOB_PHASES) == set(UWSPhase)
-    assert JOB_PHASES[UWSPhase.ERROR] is Phase.FAILED
-    assert JOB_PHASES[UWSPhase.ABORTED] is Phase.CANCELLED
+    phases = {phase: Phase.of_job(phase) for phase in UWSPhase}
+    assert phases[UWSPhase.ERROR] is Phase.FAILED
+    assert phases[UWSPhase.ABORTED] is Phase.CANCELLED
+    assert phases[UWSPhase.EXECUTING] is Phase.RUNNING and phases[UWSPhase.QUEUED] is Phase.WAITING
 
 
 def test_iso_durations() -> None:

@@ -20,8 +20,8 @@ from vo_models.uws import Jobs, ShortJobDescription
 from vo_models.uws.types import ExecutionPhase
 
 from core.states import UWSPhase
-from gateway.documents import job_json, jobs_document
-from gateway.records import JobRecord, Result
+from gateway.documents import RENDERING, job_json, jobs_document
+from gateway.records import JobRecord, JobUpdate, Result
 from gateway.store import JobStore
 
 XSD = Path(__file__).resolve().parent / "data" / "uws" / "UWS.xsd"
@@ -69,17 +69,17 @@ def listed(store: JobStore, **filters: Any) -> tuple[Any, str, bytes]:
 
 
 def test_lists_equal_whole_documents_and_follow_every_change(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "gateway.db")
+    store = JobStore.open(tmp_path / "gateway.db")
     jobs = [job(i) for i in range(5)]
     for j in jobs:
         store.insert(j)
     store.insert(job(9, owner="someone else"))
     finished = Result(id="out & <1>", href=f'{BASE}/files/1?x="y"', size=3, mime_type="text/x")
-    store.update(
-        jobs[2].job_id, phase=UWSPhase.COMPLETED, results=[finished], run_id=HOSTILE,
+    store.update(jobs[2].job_id, JobUpdate(
+        phase=UWSPhase.COMPLETED, results=[finished], run_id=HOSTILE,
         end_time=datetime(2026, 11, 21, 7, tzinfo=UTC),
-    )  # fmt: skip
-    store.update(jobs[4].job_id, phase=UWSPhase.ARCHIVED)
+    ))  # fmt: skip
+    store.update(jobs[4].job_id, JobUpdate(phase=UWSPhase.ARCHIVED))
 
     as_json, as_xml, raw = listed(store)
     expected = store.find("me")
@@ -102,8 +102,8 @@ def test_lists_equal_whole_documents_and_follow_every_change(tmp_path: Path) -> 
     assert listed(store, after=datetime(2030, 1, 1, tzinfo=UTC))[0] == []
 
     # every kind of change shows in the next list, however often it was asked for before
-    changes: list[Callable[[], None]] = [
-        lambda: store.update(jobs[3].job_id, phase=UWSPhase.EXECUTING),
+    changes: list[Callable[[], object]] = [
+        lambda: store.update(jobs[3].job_id, JobUpdate(phase=UWSPhase.EXECUTING)),
         lambda: store.delete(jobs[1].job_id),
         lambda: store.insert(job(7)),
     ]
@@ -120,7 +120,7 @@ def test_lists_equal_whole_documents_and_follow_every_change(tmp_path: Path) -> 
     # another user's changes leave this user's list in memory
     kept = store.listing("json", BASE, "me")
     store.insert(job(11, owner="someone else"))
-    store.update(job(9).job_id, phase=UWSPhase.QUEUED)
+    store.update(job(9).job_id, JobUpdate(phase=UWSPhase.QUEUED))
     store.delete(job(11).job_id)
     assert store.listing("json", BASE, "me") is kept
     store.close()
@@ -155,10 +155,29 @@ def test_a_database_from_before_list_entries_gets_them_on_opening(
     old.commit()
     old.close()
 
-    store = JobStore(path)
+    store = JobStore.open(path)
     as_json, as_xml, _ = listed(store)
     expected = store.find("me")
     assert len(expected) == count and expected[0].phase is UWSPhase.EXECUTING
     assert as_json == [job_json(j, BASE) for j in expected]
     assert as_xml == whole_xml(expected)
     store.close()
+
+
+def test_entries_kept_by_an_older_rendering_are_rendered_again(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    store = JobStore.open(path)
+    store.insert(job(1))
+    fresh = listed(store)[0]
+    store.close()
+    # as an older gateway would have left them: other entries, an older rendering version
+    old = sqlite3.connect(path)
+    old.execute("UPDATE jobs SET json_tail = '\"}', xml_tail = '\"/>'")
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    store = JobStore.open(path)
+    assert listed(store)[0] == fresh
+    store.close()
+    # and only once: a database at the current version is left as it is
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == RENDERING

@@ -35,6 +35,7 @@ from gateway.records import JobRecord
 from gateway.service import JobService
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
+from gateway.sync import PhaseSync
 from tests.stack import Gateway, Issuer
 
 IMAGE = "esap-test/payload:1"
@@ -163,7 +164,7 @@ def never_run() -> None:
 def test_one_bad_job_does_not_stop_the_time_limits_of_the_others(tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    store = JobStore(tmp_path / "gateway.db")
+    store = JobStore.open(tmp_path / "gateway.db")
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
 
     def executing(job_id: str, limit: int, run: str) -> JobRecord:
@@ -182,7 +183,8 @@ def test_one_bad_job_does_not_stop_the_time_limits_of_the_others(tmp_path: Path)
             # an old database may hold a limit no clock can add; it must not stop the loop
             store.insert(executing("huge", 10**15, str(runs[0].id)))
             store.insert(executing("short", 3, str(runs[1].id)))
-            await JobService(store, client, GatewaySettings(database=tmp_path / "g.db"))._expire()
+            service = JobService(store, client, GatewaySettings(database=tmp_path / "g.db"))
+            await PhaseSync(service).expire()
 
     asyncio.run(cycle())
     short, huge = store.get("short"), store.get("huge")

@@ -16,6 +16,7 @@ from gateway.records import JobRecord
 from gateway.service import JobService
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
+from gateway.sync import PhaseSync
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -52,7 +53,7 @@ class CountingClient:
 
 def test_phases_follow_flow_runs_in_bulk_and_a_deleted_run_is_an_error(tmp_path: Path) -> None:
     async def scenario() -> dict[str, JobRecord | None]:
-        store = JobStore(tmp_path / "gateway.db")
+        store = JobStore.open(tmp_path / "gateway.db")
         async with get_client() as real:
             client = CountingClient(real)
             runs = [await real.create_flow_run(probe) for _ in range(250)]
@@ -63,7 +64,7 @@ def test_phases_follow_flow_runs_in_bulk_and_a_deleted_run_is_an_error(tmp_path:
             await real.set_flow_run_state(runs[1].id, Completed())
             await real.delete_flow_run(runs[2].id)
             service = JobService(store, client, GatewaySettings(database=tmp_path / "x.db"))  # type: ignore[arg-type]
-            await service.sync_once()
+            await PhaseSync(service).once()
             reads = client.reads
             found = {j: store.get(j) for j in ("job000", "job001", "job002", "job003")}
         store.close()

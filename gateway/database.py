@@ -1,0 +1,111 @@
+"""The gateway's SQLite database: one connection, one lock, the schema, owner-only files.
+
+The job store and the broker's offer store share it; each keeps its own tables.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    run_id TEXT,
+    phase TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    flow_parameters TEXT NOT NULL,
+    creation_time TEXT NOT NULL,
+    start_time TEXT,
+    end_time TEXT,
+    execution_duration INTEGER NOT NULL DEFAULT 0,
+    destruction TEXT NOT NULL,
+    error_type TEXT,
+    error_message TEXT,
+    results TEXT NOT NULL DEFAULT '[]',
+    flow_run_id TEXT,
+    token_hash TEXT,
+    json_head TEXT,
+    json_tail TEXT,
+    xml_head TEXT,
+    xml_tail TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, creation_time);
+CREATE INDEX IF NOT EXISTS jobs_phase ON jobs (phase);
+CREATE INDEX IF NOT EXISTS jobs_destruction ON jobs (destruction);
+CREATE TABLE IF NOT EXISTS offersets (
+    uuid TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    uuid TEXT PRIMARY KEY,
+    offerset TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    expires TEXT NOT NULL,
+    facility TEXT NOT NULL,
+    document TEXT NOT NULL,
+    job_id TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_offerset ON sessions (offerset, rank);
+"""
+
+
+class Database:
+    """One SQLite connection (WAL journal) used from any thread under one re-entrant lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # job tokens' hashes, parameters: the owner's only
+        self.lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self.lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """The rows a query gives."""
+        with self.lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """One statement, on its own."""
+        with self.lock:
+            self._db.execute(sql, args)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for statements that all happen or none does."""
+        with self.lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @property
+    def version(self) -> int:
+        """The schema-and-rendering version written with `PRAGMA user_version`."""
+        return int(self.rows("PRAGMA user_version")[0][0])
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self.execute(f"PRAGMA user_version = {int(value)}")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self.lock:
+            self._db.close()

@@ -1,0 +1,100 @@
+"""What UWS requests carry, parsed and checked: fields, phases, times, durations, results.
+
+Every parser raises `InvalidRequest` naming what is wrong; nothing here knows a job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+
+from core.params import check_text
+from core.states import UWSPhase
+from core.units import MAX_SECONDS
+from gateway.bodies import json_body, media_type
+from gateway.errors import InvalidRequest
+from gateway.records import Result
+
+MAX_RESULTS = 1000
+_SECONDS = re.compile(r"[0-9]{1,10}")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+async def read_fields(request: Request) -> dict[str, str]:
+    """Form fields, or a JSON body (django-uws `parameters: [{key, value}]` or a flat object)."""
+    if media_type(request) == "application/json":
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidRequest("the JSON body must be an object")
+        items = body.get("parameters") or []
+        if not isinstance(items, list):
+            raise InvalidRequest("parameters must be a list of {key, value} objects")
+        fields = {k: _text(v) for k, v in body.items() if k != "parameters" and v is not None}
+        for item in items:
+            if not isinstance(item, dict) or "key" not in item:
+                raise InvalidRequest("each of parameters must be an object with key and value")
+            fields[_text(item["key"])] = _text(item.get("value", ""))
+        return fields
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def phases(values: list[str]) -> list[UWSPhase]:
+    try:
+        return [UWSPhase(v.upper()) for v in values]
+    except ValueError:
+        raise InvalidRequest(
+            f"PHASE must be among {', '.join(p.value for p in UWSPhase)}"
+        ) from None
+
+
+def timestamp(text: str, name: str) -> datetime:
+    """An ISO 8601 time, in UTC; 400 naming `name` when it is not one or falls outside 1-9999."""
+    try:
+        value = datetime.fromisoformat(check_text(text, name, 64).replace("Z", "+00:00"))
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            f"{name} must be an ISO 8601 time between the years 1 and 9999 UTC"
+        ) from None
+
+
+def one(fields: Mapping[str, str], name: str) -> str | None:
+    return next((v for k, v in fields.items() if k.upper() == name), None)
+
+
+def seconds(text: str | None, name: str) -> int:
+    """A whole number of seconds, ASCII digits, at most ten years; InvalidRequest naming `name`."""
+    text = (text or "").strip()
+    if not _SECONDS.fullmatch(text) or int(text) > MAX_SECONDS:
+        raise InvalidRequest(f"{name} must be a whole number of seconds from 0 to {MAX_SECONDS}")
+    return int(text)
+
+
+def results(body: Any, already: int) -> list[Result]:
+    """Results a call-back posts (`[{key, value, size, mimeType}]` or one of them)."""
+    items = body if isinstance(body, list) else [body]
+    if len(items) + already > MAX_RESULTS:
+        raise InvalidRequest(f"a job has at most {MAX_RESULTS} results")
+    try:
+        return [
+            Result(
+                id=str(i["key"]),
+                href=str(i["value"]),
+                size=i.get("size"),
+                mime_type=i.get("mimeType"),
+            )
+            for i in items
+        ]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidRequest(
+            "results must be [{key, value, size, mimeType}] of printable text"
+        ) from None
