@@ -28,8 +28,9 @@ from prefect import flow  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from blocks import JobSpec, LocalFacility  # noqa: E402
+from containers import payload  # noqa: E402
 from flows.hello_world import hello_world  # noqa: E402
-from flows.pipeline import PAYLOADS, job_prefix  # noqa: E402
+from flows.pipeline import job_prefix  # noqa: E402
 from tasks.jobs import submit_jobs, wait_for_jobs  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
@@ -50,7 +51,7 @@ def bare_hello_world() -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="bare-"))
     (work / "parameters.json").write_text(json.dumps(PARAMS))
     subprocess.run(
-        [sys.executable, str(PAYLOADS / "hello_world.py"), "parameters.json", "output.json"],
+        [sys.executable, str(payload("hello_world.py")), "parameters.json", "output.json"],
         cwd=work,
         check=True,
         capture_output=True,

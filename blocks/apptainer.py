@@ -5,10 +5,15 @@ It is the local facility's runner (wall time, cancel, take-over) with each comma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -19,6 +24,7 @@ from planner.models import TaskType
 
 PULLED_SCHEMES = ("https", "http", "docker", "oras", "library", "shub")
 SIF_MAGIC = b"SIF_MAGIC"
+_PATH_LOCK = threading.Lock()
 
 
 def is_sif(path: Path) -> bool:
@@ -127,3 +133,45 @@ class ApptainerFacility(LocalFacility):
         if spec.executable:
             return [self.singularity, "exec", *options, image, spec.executable, *spec.arguments]
         return [self.singularity, "run", *options, image, *spec.arguments]
+
+    @contextlib.contextmanager
+    def _spython(self) -> Iterator[Any]:
+        """Spython's client, running this facility's command (spython calls `singularity`)."""
+        from spython.main import get_client
+
+        command = shutil.which(self.singularity)
+        if command is None:
+            raise FatalError(f"{self.singularity} is not an executable command on this host")
+        shims = self._images() / ".spython-bin"
+        shims.mkdir(exist_ok=True)
+        link = shims / "singularity"
+        if not link.is_symlink() or os.readlink(link) != command:
+            link.unlink(missing_ok=True)
+            link.symlink_to(command)
+        with _PATH_LOCK:
+            path = os.environ.get("PATH", os.defpath)
+            os.environ["PATH"] = f"{shims}{os.pathsep}{path}"
+            try:
+                yield get_client(quiet=True)
+            except SystemExit as exc:  # spython exits the process on a failed command
+                raise FatalError(f"{self.singularity} failed: {exc}") from None
+            finally:
+                os.environ["PATH"] = path
+
+    def version(self) -> str:
+        """The Apptainer/Singularity version the facility's command reports (spython)."""
+        with self._spython() as client:
+            version = str(client.version() or "")
+        if not version:
+            raise FatalError(f"{self.singularity} --version gave no version")
+        return version
+
+    def image_labels(self, image: str) -> dict[str, str]:
+        """The labels of an image (its build options, its recipe's digest), read by spython."""
+        path = self.local_image(image)
+        with self._spython() as client:
+            found = client.inspect(str(path), quiet=True)
+        labels = found.get("attributes", {}).get("labels") if isinstance(found, dict) else None
+        if not isinstance(labels, dict):
+            raise FatalError(f"image {image} could not be inspected")
+        return {str(k): str(v) for k, v in labels.items()}

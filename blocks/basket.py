@@ -6,10 +6,11 @@ A basket item is `{"archive": ..., "record": {...}}`; a plain string is a Rucio 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from blocks.rucio.dids import Did
 from core.errors import FatalError
 
 RUCIO_ARCHIVES = frozenset({"rucio"})
@@ -98,3 +99,17 @@ def parse_inputs(items: Sequence[InputItem]) -> Inputs:
                 f"{SUPPORTED})"
             )
     return Inputs(dids=dids, vo=vo)
+
+
+def _checked(items: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+    """The items, if each is a well-formed DID (no wildcard) or a supported basket item."""
+    try:
+        for did in parse_inputs(items).dids:
+            Did.parse(did, "scope")
+    except FatalError as exc:  # a parameter's check: pydantic names the parameter
+        raise ValueError(str(exc)) from None
+    return items
+
+
+InputItems = Annotated[list[str | dict[str, Any]], AfterValidator(_checked)]
+"""Workflow inputs: Rucio DIDs and ESAP basket items, checked when the parameters are."""

@@ -134,7 +134,8 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
         shown = repr(err["input"]) if "input" in err else ""
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         got = f" (got {shown})" if shown and err["type"] != "missing" else ""
-        lines.append(f"{prefix}{where}: {err['msg']}{got}")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{prefix}{where}: {message}{got}")
     return "; ".join(lines)
 
 

@@ -48,6 +48,11 @@ def running_stack_api() -> str | None:
     return str(data["api_url"])
 
 
+def embedded_database_url() -> str:
+    """The SQLite database of the embedded Prefect server, in this home."""
+    return f"sqlite+aiosqlite:///{home() / 'prefect.db'}"
+
+
 def configure_prefect_environment() -> None:
     """Point Prefect at this home, and at a running stack if there is one.
 
@@ -55,10 +60,10 @@ def configure_prefect_environment() -> None:
     """
     root = home()
     os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
-    os.environ.setdefault(
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{root / 'prefect.db'}"
-    )
+    os.environ.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_URL", embedded_database_url())
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the first migration of a new database takes longer than Prefect's 20 s on busy hosts
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     if "PREFECT_API_URL" not in os.environ:
         api = running_stack_api()

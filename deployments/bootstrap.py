@@ -6,24 +6,21 @@ Every step is idempotent: running it against a prepared server changes nothing.
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-from pathlib import Path
+from typing import cast
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.settings import PREFECT_API_URL
+from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 from prefect.workers.process import ProcessWorker
 
 from blocks.archive import LocalArchive
 from blocks.catalogue import FACILITY_TYPES, STORE_TYPES
 from blocks.local import LocalFacility
 from blocks.registry import DEFAULT_NAME
-from flows.pipeline import PROJECT_ROOT
-
-LOCAL_POOL = "local"
+from flows.registry import LOCAL_POOL, WORKFLOWS
 
 
 class BootstrapError(RuntimeError):
@@ -62,21 +59,32 @@ def ensure_work_pool(name: str = LOCAL_POOL) -> None:
             )
 
 
-def apply_deployments(prefect_file: Path = PROJECT_ROOT / "prefect.yaml") -> None:
-    """Apply every deployment of prefect.yaml with Prefect's own `prefect deploy --all`."""
-    prefect = Path(sys.executable).parent / "prefect"
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    done = subprocess.run(
-        [str(prefect), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
-        cwd=prefect_file.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise BootstrapError(f"prefect deploy failed for {prefect_file}:\n{tail}")
+def apply_deployments() -> None:
+    """Create or update the deployment of every workflow of the catalogue.
+
+    Flows are found by module path, so this works from a clone and from an installed wheel.
+    """
+    for workflow in WORKFLOWS.values():
+        schedules = [Cron(workflow.cron, timezone="UTC", active=False)] if workflow.cron else None
+        description = " ".join(p for p in (workflow.description, workflow.deployment_notes) if p)
+        deployment = cast(
+            RunnerDeployment,
+            workflow.load().to_deployment(
+                name=workflow.deployment_name,
+                description=description,
+                tags=list(workflow.tags),
+                parameters=dict(workflow.parameters),
+                schedules=schedules,
+                work_pool_name=workflow.work_pool,
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            ),
+        )
+        try:
+            deployment.apply()
+        except Exception as exc:
+            raise BootstrapError(
+                f"deployment {workflow.deployment} could not be applied: {exc}"
+            ) from exc
 
 
 def bootstrap(deploy: bool = True) -> None:

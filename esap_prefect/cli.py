@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -271,14 +270,17 @@ def add_apptainer(
 ) -> None:
     """Save an Apptainer/Singularity facility (SIF images run on this host) as a Prefect block."""
     from blocks.apptainer import ApptainerFacility
+    from core.errors import FatalError
 
     with _user_errors():
-        if shutil.which(singularity) is None:
-            raise UserError(f"{singularity} is not an executable command on this host")
         extra = {"max_cores": max_cores} if max_cores else {}
         facility = ApptainerFacility(singularity=singularity, close_rse=close_rse, **extra)
+        try:
+            version = facility.version()
+        except FatalError as exc:
+            raise UserError(str(exc)) from None
         _save_facility(facility, name, overwrite)
-    typer.echo(f"saved Apptainer facility {name!r} ({singularity})")
+    typer.echo(f"saved Apptainer facility {name!r} ({version})")
 
 
 stores_app = typer.Typer(help="List and add stores (where data is archived and staged).")

@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.archive import ArchivedFile
 from blocks.registry import load_store
+from containers import payload
 from core.jobs import InputFile, JobArray, JobRef, JobSpec, OutputFile
 from core.states import JobState
 from flows.pipeline import (
-    PAYLOADS,
     JobReport,
     PipelineResult,
     cancel_facility_jobs,
@@ -253,7 +253,7 @@ def cta_mc_production(
                     software_version,
                     *(["--corsika-only"] if corsika_only else []),
                 ],
-                inputs=[InputFile(name="cta_mc.py", source=PAYLOADS / "cta_mc.py")],
+                inputs=[InputFile(name="cta_mc.py", source=payload("cta_mc.py"))],
                 outputs=config.outputs(),
                 walltime=min(answer.resources.maxduration, 86400) if answer.resources else 3600,
             )

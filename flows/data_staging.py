@@ -6,13 +6,13 @@ plan (what, where it is, where it goes) -> stage (rule, wait, optional download)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.basket import Inputs, parse_inputs
+from blocks.basket import InputItems, Inputs, parse_inputs
 from blocks.registry import load_facility, load_rucio_store
 from blocks.rucio import RucioStore, StagedFile
 from blocks.rucio.staging import Rule
@@ -117,7 +117,7 @@ def report_staging(result: DataStagingResult) -> None:
 
 @flow(name="data-staging", persist_result=True, result_serializer="json")
 def data_staging(
-    inputs: list[str | dict[str, Any]],
+    inputs: Annotated[InputItems, Field(min_length=1)],
     target: str,
     lifetime: str | None = "7d",
     download_to: str | None = None,

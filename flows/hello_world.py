@@ -12,8 +12,10 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict
 
 from blocks.archive import ArchivedFile
+from blocks.basket import InputItems
+from containers import payload
 from core.jobs import InputFile, JobSpec
-from flows.pipeline import PAYLOADS, JobReport, cancel_facility_jobs, execute, job_prefix
+from flows.pipeline import JobReport, cancel_facility_jobs, execute, job_prefix
 from planner.models import PlanResponse, Resources, TaskRequest, TaskType
 
 OUTPUT_FILE = "output.json"
@@ -47,7 +49,7 @@ def hello_world(
     Parameter6: str = "default",
     facility: str | None = None,
     store: str | None = None,
-    inputs: list[str | dict[str, Any]] | None = None,
+    inputs: InputItems | None = None,
     input_store: str | None = None,
 ) -> HelloWorldResult:
     """Run ESAP's Hello World payload on a facility and archive what it echoes.
@@ -85,7 +87,7 @@ def hello_world(
                 executable="python3",
                 arguments=["hello_world.py", "parameters.json", OUTPUT_FILE],
                 inputs=[
-                    InputFile(name="hello_world.py", source=PAYLOADS / "hello_world.py"),
+                    InputFile(name="hello_world.py", source=payload("hello_world.py")),
                     InputFile(name="parameters.json", content=json.dumps(parameters)),
                 ],
                 outputs=[OUTPUT_FILE],

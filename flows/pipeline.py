@@ -30,9 +30,6 @@ from tasks.jobs import collect_outputs, submit_jobs, wait_for_jobs
 from tasks.plan import plan
 from tasks.stage import fetch_vo_inputs, job_inputs, locate_inputs, stage_inputs
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PAYLOADS = PROJECT_ROOT / "containers" / "payloads"
-
 
 class JobsFailed(RuntimeError):
     """Some payload jobs did not complete; the message names them and quotes their stderr."""

@@ -1,31 +1,51 @@
-"""The catalogue of ESAP workflows: name, entrypoint, deployment, description.
+"""The catalogue of ESAP workflows: each one's flow, deployment, schedule and description.
 
-The command line, the deployments and (later) the gateway all read this one list.
+The one list the command line, the gateway and the deployments read; prefect.yaml is
+generated from it (`python -m deployments.prefect_yaml`). Flows load by module path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import Flow
-from prefect.flows import load_flow_from_entrypoint
 
-from flows.pipeline import PROJECT_ROOT
+LOCAL_POOL = "local"
 
 
 @dataclass(frozen=True)
 class Workflow:
-    """One ESAP workflow."""
+    """One ESAP workflow and its deployment; `entrypoint` is a module path (`module:flow`)."""
 
     name: str
     entrypoint: str
-    deployment: str
+    deployment_name: str
     description: str
+    tags: tuple[str, ...]
+    deployment_notes: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    cron: str | None = None
+    work_pool: str = LOCAL_POOL
+
+    @property
+    def deployment(self) -> str:
+        """The deployment's full name, `<flow>/<deployment>`."""
+        return f"{self.name}/{self.deployment_name}"
+
+    @property
+    def file_entrypoint(self) -> str:
+        """The entrypoint as a file path, as `prefect deploy` from a clone takes it."""
+        module, _, attribute = self.entrypoint.partition(":")
+        return f"{module.replace('.', '/')}.py:{attribute}"
 
     def load(self) -> Flow[..., Any]:
-        """The Prefect flow object."""
-        return load_flow_from_entrypoint(str(PROJECT_ROOT / self.entrypoint))
+        """The Prefect flow object (its module imported)."""
+        module, _, attribute = self.entrypoint.partition(":")
+        flow: Flow[..., Any] = getattr(importlib.import_module(module), attribute)
+        return flow
 
 
 WORKFLOWS: dict[str, Workflow] = {
@@ -33,30 +53,43 @@ WORKFLOWS: dict[str, Workflow] = {
     for w in (
         Workflow(
             name="hello-world",
-            entrypoint="flows/hello_world.py:hello_world",
-            deployment="hello-world/local",
+            entrypoint="flows.hello_world:hello_world",
+            deployment_name="local",
             description="ESAP Hello World: echo six parameters as JSON with type batch.submit.",
+            tags=("esap", "hello-world"),
         ),
         Workflow(
             name="cta-mc-production",
-            entrypoint="flows/cta_mc_production.py:cta_mc_production",
-            deployment="cta-mc-production/production",
+            entrypoint="flows.cta_mc_production:cta_mc_production",
+            deployment_name="production",
             description="CTA Monte Carlo production (CTADIRAC MCPipeJob): one job per run, "
             "runs already archived are skipped.",
+            tags=("esap", "cta", "production"),
+            deployment_notes="The nightly schedule is off by default: turn it on in the Prefect "
+            "UI (Deployments -> production -> Schedules) or with `prefect deployment schedule "
+            "resume`, after setting the production parameters.",
+            parameters={"runs": 100, "showers_per_run": 1000, "max_reschedules": 2},
+            cron="0 2 * * *",
         ),
         Workflow(
             name="data-staging",
-            entrypoint="flows/data_staging.py:data_staging",
-            deployment="data-staging/default",
+            entrypoint="flows.data_staging:data_staging",
+            deployment_name="default",
             description="Stage Rucio data and ESAP basket items to an RSE or next to a "
             "facility; report what is where with sizes and checksums.",
+            tags=("esap", "data", "rucio"),
+            deployment_notes="Uses the saved Rucio store, or the rucio client configuration "
+            "that RUCIO_CONFIG names.",
         ),
         Workflow(
             name="run-container",
-            entrypoint="flows/run_container.py:run_container",
-            deployment="run-container/default",
+            entrypoint="flows.run_container:run_container",
+            deployment_name="default",
             description="Run one Docker or Singularity/Apptainer image as a job and archive "
             "its outputs and logs (the ExecutionBroker's container offers).",
+            tags=("esap", "container"),
+            deployment_notes="Needs a Docker or Apptainer facility "
+            "(`esap-prefect facilities add docker|apptainer`).",
         ),
     )
 }

@@ -5,12 +5,13 @@ The workflow behind the ExecutionBroker's docker-container and singularity-conta
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.archive import ArchivedFile
+from blocks.basket import InputItems
 from core.jobs import Environment, JobSpec, RelativePath
 from core.units import MAX_CORES, Duration, Memory
 from flows.pipeline import JobReport, cancel_facility_jobs, execute, job_prefix
@@ -49,7 +50,7 @@ def run_container(
     outputs: list[RelativePath] | None = None,
     facility: str | None = None,
     store: str | None = None,
-    inputs: list[str | dict[str, Any]] | None = None,
+    inputs: InputItems | None = None,
     input_store: str | None = None,
 ) -> ContainerResult:
     """Run a container image once on a Docker or Apptainer facility and archive its outputs.

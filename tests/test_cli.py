@@ -205,3 +205,68 @@ def test_a_rucio_store_is_added_with_the_password_from_the_environment(
         RucioStore.delete("cli-lake")  # other tests rely on 'the only saved Rucio store'
     bad = cli("stores", "add", "rucio", "x", "--archive-rse", "A", "--auth-type", "kerberos")
     assert_clean_error(bad, "invalid Rucio store", "auth_type")
+
+
+def test_every_command_works_on_a_fresh_home_without_a_stack(
+    tmp_path: Path, singularity: Path
+) -> None:
+    home = tmp_path / "fresh"
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"tasktype": "uri://executable",
+                                   "taskinfo": {"executable": "python3"}}))  # fmt: skip
+    for args, expected in (
+        (("workflows",), "hello-world  (deployment hello-world/local)"),
+        (("facilities",), "local  (local)  runs uri://executable"),
+        (("stores",), "local  (local)"),
+        (("plan", str(request)), '"reponseword": "YES"'),
+    ):
+        done = cli(*args, home=home)
+        assert done.returncode == 0 and expected in done.stdout, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not (home / "prefect.db").exists(), "reading nothing needs no Prefect server"
+    # the first write starts a temporary server whose database is created and migrated
+    added = cli("facilities", "add", "apptainer", "sif", "--singularity", str(singularity),
+                home=home, timeout=400)  # fmt: skip
+    assert added.returncode == 0 and "saved Apptainer facility 'sif'" in added.stdout, added
+    listed = cli("facilities", home=home, timeout=400)
+    assert listed.returncode == 0 and "sif  (apptainer)" in listed.stdout, listed.stderr
+    assert "Traceback" not in added.stderr + listed.stderr
+
+
+def test_input_a_workflow_refuses_is_refused_before_its_run(tmp_path: Path) -> None:
+    done = cli("run", "data-staging", "-p", 'inputs=["esap:*"]', "-p", "target=X",
+               home=tmp_path / "home")  # fmt: skip
+    assert_clean_error(done, "inputs: 'esap:*' contains a wildcard")
+    assert len(done.stderr.strip().splitlines()) == 1
+    empty = cli("run", "data-staging", "-p", "inputs=[]", "-p", "target=X", home=tmp_path / "h")
+    assert_clean_error(empty, "inputs")
+    assert not (tmp_path / "home" / "prefect.db").exists(), "no run was started"
+
+
+def test_rucio_config_alone_stages_and_archives(rucio_server: RucioServer, tmp_path: Path) -> None:
+    from tests.test_rucio_staging import seed
+
+    seed(rucio_server, "cfgonly", 1)
+    env = {
+        "RUCIO_CONFIG": str(rucio_server.client_config(tmp_path / "rucio.cfg")),
+        "ESAP_RUCIO_ARCHIVE_RSE": "ESAP_ARCHIVE",
+    }
+    done = cli_with(env, "run", "hello-world", "-p", 'inputs=["esap:cfgonly"]', "-p",
+                    "store=rucio", home=tmp_path / "home", timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    [seen] = result["output"]["inputs"]
+    assert seen["name"] == "esap:cfgonly/f000.dat" and seen["bytes"] == len("cfgonly file 0\n")
+    assert result["archived"][0]["location"].startswith("rucio:esap:hello-world/")
+    listed = cli_with(env, "stores", home=tmp_path / "home")
+    assert "rucio  (rucio)" in listed.stdout, listed.stderr
+
+
+def cli_with(
+    env: dict[str, str], *args: str, home: Path, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    full |= {**env, "ESAP_PREFECT_HOME": str(home)}
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, env=full, timeout=timeout, check=False
+    )

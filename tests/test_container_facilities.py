@@ -163,3 +163,13 @@ def test_apptainer_pulls_an_image_url_once_and_cancels_jobs(
         apptainer_facility.submit([JobSpec(name="nope", image="relative.sif")])
     with pytest.raises(FatalError, match="scheme ftp"):
         apptainer_facility.local_image("ftp://example.org/x.sif")
+
+
+def test_apptainer_reports_its_version_and_image_labels_through_spython(
+    apptainer_facility: ApptainerFacility, sif_image: Path
+) -> None:
+    assert apptainer_facility.version().startswith("apptainer version 1.")
+    labels = apptainer_facility.image_labels(str(sif_image))
+    assert any(key.startswith("org.label-schema.") for key in labels), labels
+    with pytest.raises(FatalError, match="is not a SIF image file"):
+        apptainer_facility.image_labels("/no/such.sif")

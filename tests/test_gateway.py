@@ -29,10 +29,11 @@ from pyvo.dal.tap import AsyncTAPJob
 from pyvo.io.uws import parse_job, parse_job_list
 
 from core.backoff import wait_until
+from gateway.schemas import UWS_XSD
 from tests.servers.diracx import DiracXServer
 from tests.stack import CLI, Gateway, Issuer
 
-XSD = Path(__file__).resolve().parent / "data" / "uws" / "UWS.xsd"  # IVOA UWS 1.1, offline
+XSD = UWS_XSD  # IVOA UWS 1.1, offline
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,10 @@ from vo_models.uws.types import ExecutionPhase
 from core.states import UWSPhase
 from gateway.documents import RENDERING, job_json, jobs_document
 from gateway.records import JobRecord, JobUpdate, Result
+from gateway.schemas import UWS_XSD
 from gateway.store import JobStore
 
-XSD = Path(__file__).resolve().parent / "data" / "uws" / "UWS.xsd"
+XSD = UWS_XSD
 BASE = 'http://gw.example:8600/esap?a=1&b="2"'
 HOSTILE = 'a"b<c>&d\'é ☃ \\ </uws:jobref> "url": "x" ]},{'
 

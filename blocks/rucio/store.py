@@ -70,7 +70,11 @@ class RucioStore(StoreBlock):
         pattern=r"^[A-Za-z0-9._-]{1,25}$",
         description="Scope of archived outputs, and of DIDs given without one.",
     )
-    archive_rse: str = Field(min_length=1, description="RSE the outputs are uploaded to.")
+    archive_rse: str | None = Field(
+        default=None,
+        min_length=1,
+        description="RSE the outputs are uploaded to (needed to archive, not to stage).",
+    )
     send_traces: bool = Field(
         default=True,
         description="Send upload traces (Rucio's popularity data); off for servers without "
@@ -143,6 +147,11 @@ class RucioStore(StoreBlock):
         """
         from rucio.client.uploadclient import UploadClient
 
+        if self.archive_rse is None:
+            raise FatalError(
+                f"Rucio store {self.store_name} has no archive RSE: set one on the block, or "
+                "$ESAP_RUCIO_ARCHIVE_RSE for the store of RUCIO_CONFIG"
+            )
         dataset = self._dataset(run_key)
         archived = []
         with self._client("archive outputs") as client:
