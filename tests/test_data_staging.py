@@ -12,6 +12,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.exceptions import ParameterTypeError
 
 from blocks import LocalFacility
 from blocks.rucio import RucioStore
@@ -119,8 +120,6 @@ def test_data_staging_brings_a_dataset_next_to_a_facility_and_reports_it(
             {"inputs": [{"archive": "ivoa", "record": {"access_url": "http://x/y"}}]},
             "VO basket items can only be downloaded: set download_to",
         ),
-        ({"inputs": []}, "nothing to stage"),
-        ({"inputs": ["esap:*"]}, "contains a wildcard"),
     ],
 )
 def test_data_staging_refuses_bad_requests_clearly(
@@ -129,3 +128,14 @@ def test_data_staging_refuses_bad_requests_clearly(
     arguments: dict[str, Any] = {"inputs": ["esap:whatever"], "target": "SITE_B", **kwargs}
     with pytest.raises(FatalError, match=error):
         data_staging(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "error"),
+    [([], "at least 1 item"), (["esap:*"], "contains a wildcard")],
+)
+def test_inputs_no_run_could_use_are_refused_with_the_parameters(
+    inputs: list[str], error: str
+) -> None:
+    with pytest.raises(ParameterTypeError, match=error):
+        data_staging(inputs=inputs, target="SITE_B")
