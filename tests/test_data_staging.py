@@ -135,7 +135,7 @@ def test_data_staging_refuses_bad_requests_clearly(
     [([], "at least 1 item"), (["esap:*"], "contains a wildcard")],
 )
 def test_inputs_no_run_could_use_are_refused_with_the_parameters(
-    inputs: list[str], error: str
+    inputs: list[str | dict[str, Any]], error: str
 ) -> None:
     with pytest.raises(ParameterTypeError, match=error):
         data_staging(inputs=inputs, target="SITE_B")
