@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-containers lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-containers bench-cli lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-gateway: $(STAMP)
 
 bench-containers: $(STAMP)
 	$(BIN)/python bench/containers.py
+
+bench-cli: $(STAMP)
+	$(BIN)/python bench/cli.py
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)
