@@ -49,7 +49,7 @@ bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway.py
 
 bench-containers: $(STAMP)
-	$(BIN)/python bench/containers.py
+	$(BIN)/python bench/container_facilities.py
 
 bench-cli: $(STAMP)
 	$(BIN)/python bench/cli.py
