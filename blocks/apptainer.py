@@ -49,7 +49,9 @@ class ApptainerFacility(LocalFacility):
     Example:
         ```python
         from blocks import ApptainerFacility
-        ApptainerFacility(singularity="/usr/bin/apptainer").save("apptainer")
+
+        facility = ApptainerFacility.load("apptainer")  # this block, in your code
+        ApptainerFacility(singularity="/usr/bin/apptainer").save("other-host")  # another
         ```
     """
 
@@ -59,7 +61,7 @@ class ApptainerFacility(LocalFacility):
     tasktypes: ClassVar[frozenset[TaskType]] = frozenset({TaskType.SINGULARITY})
     servicetype: ClassVar[str] = "uri://esap-prefect/apptainer"
 
-    kind: str = "apptainer"
+    kind: ClassVar[str] = "apptainer"
     singularity: str = Field(
         default="singularity",
         description="The apptainer (or singularity) command: a name on PATH or a path.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +35,7 @@ class ArchivedFile(BaseModel):
 class StoreBlock(Block, ABC):
     """A data service that can keep a run's outputs."""
 
-    kind: str = ""
+    kind: ClassVar[str] = ""
 
     @property
     def store_name(self) -> str:
@@ -56,14 +57,16 @@ class LocalArchive(StoreBlock):
     Example:
         ```python
         from blocks import LocalArchive
-        LocalArchive(root="/data/esap-results").save("local")
+
+        archive = LocalArchive.load("local")  # this block, in your code
+        LocalArchive(root="/data/esap-results").save("shared")  # another, under a new name
         ```
     """
 
     _block_type_name = "Local Archive"
     _description = "Keeps ESAP run outputs in a local directory, with checksums."
 
-    kind: str = "local"
+    kind: ClassVar[str] = "local"
     root: Path | None = Field(
         default=None, description="Results directory; default $ESAP_PREFECT_HOME/results."
     )

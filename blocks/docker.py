@@ -58,7 +58,9 @@ class DockerFacility(FacilityBlock):
     Example:
         ```python
         from blocks import DockerFacility
-        DockerFacility(base_url="unix:///run/docker.sock", network="none").save("docker")
+
+        facility = DockerFacility.load("docker")  # this block, in your code
+        DockerFacility(base_url="unix:///run/docker.sock").save("other-engine")  # another
         ```
     """
 
@@ -68,7 +70,7 @@ class DockerFacility(FacilityBlock):
     tasktypes: ClassVar[frozenset[TaskType]] = frozenset({TaskType.DOCKER})
     servicetype: ClassVar[str] = "uri://esap-prefect/docker"
 
-    kind: str = "docker"
+    kind: ClassVar[str] = "docker"
     base_url: str | None = Field(
         default=None,
         description="Docker Engine address, e.g. unix:///run/docker.sock; $DOCKER_HOST if unset.",

@@ -57,7 +57,7 @@ class FacilityBlock(Block, ABC):
     tasktypes: ClassVar[frozenset[TaskType]] = frozenset({TaskType.EXECUTABLE})
     servicetype: ClassVar[str] = ""
 
-    kind: str = ""
+    kind: ClassVar[str] = ""
     max_cores: int = Field(default=1, ge=1, description="Most cores one job may ask for.")
     max_memory: Memory = Field(
         default="2G", validate_default=True, description="Most memory one job may ask for."

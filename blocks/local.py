@@ -33,12 +33,14 @@ from core.settings import home
 from core.states import JobState
 from core.units import Duration, Memory
 
+GIB = 2**30
 _PASSED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
 
 
 def machine_memory() -> int:
-    """The physical memory of this host, in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """The physical memory of this host, in bytes, to the GiB below (as forms show it: 23G)."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, physical // GIB) * GIB
 
 
 class LocalFacility(FacilityBlock):
@@ -52,7 +54,9 @@ class LocalFacility(FacilityBlock):
     Example:
         ```python
         from blocks import LocalFacility
-        LocalFacility(max_cores=4).save("local")
+
+        facility = LocalFacility.load("local")  # this block, in your code
+        LocalFacility(max_cores=4).save("big-box")  # another one, under a new name
         ```
     """
 
@@ -61,7 +65,7 @@ class LocalFacility(FacilityBlock):
 
     servicetype: ClassVar[str] = "uri://esap-prefect/local"
 
-    kind: str = "local"
+    kind: ClassVar[str] = "local"
     workdir: Path | None = Field(
         default=None,
         description="Root of the jobs' working directories; default $ESAP_PREFECT_HOME/jobs.",

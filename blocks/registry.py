@@ -9,7 +9,7 @@ import contextlib
 import importlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import BlockDocument
@@ -67,11 +67,11 @@ def _class(where: str) -> type[Any]:
     return found
 
 
-def _saved(types: dict[str, str]) -> list[tuple[type[Any], BlockDocument]]:
-    """The saved documents of these block types (by slug), read in one call per 200."""
+def _documents(types: dict[str, str]) -> list[tuple[str, BlockDocument]]:
+    """The saved documents of these block types, with their slugs, one call per 200."""
     if nothing_saved_yet():
         return []
-    found: list[tuple[type[Any], BlockDocument]] = []
+    found: list[tuple[str, BlockDocument]] = []
     with get_client(sync_client=True) as client:
         offset = 0
         while True:
@@ -79,10 +79,15 @@ def _saved(types: dict[str, str]) -> list[tuple[type[Any], BlockDocument]]:
             for doc in page:
                 slug = doc.block_type.slug if doc.block_type else ""
                 if slug in types and doc.name and not doc.is_anonymous:
-                    found.append((_class(types[slug]), doc))
+                    found.append((slug, doc))
             if len(page) < PAGE:
                 return found
             offset += PAGE
+
+
+def _saved(types: dict[str, str]) -> list[tuple[type[Any], BlockDocument]]:
+    """The saved documents of these block types (by slug) and the class of each."""
+    return [(_class(types[slug]), doc) for slug, doc in _documents(types)]
 
 
 def _block(cls: type[Any], document: BlockDocument) -> Any:
@@ -115,6 +120,28 @@ def _one(types: dict[str, str], name: str, default: B, what: str) -> B:
         return default
     known = tuple(sorted({str(doc.name) for _, doc in everything} | {DEFAULT_NAME}))
     raise UnknownBlockError(f"no {what} named {name!r}", known)
+
+
+class BlockNames(NamedTuple):
+    """The names a run may choose among (with the defaults no saved block replaces)."""
+
+    facilities: list[str]
+    stores: list[str]
+    rucio_stores: list[str]
+
+
+def block_names() -> BlockNames:
+    """The names of the saved facilities and stores, read in one call."""
+    documents = _documents({**FACILITIES, **STORES})
+    facilities = {str(doc.name) for slug, doc in documents if slug in FACILITIES}
+    stores = {str(doc.name) for slug, doc in documents if slug in STORES}
+    rucio = {str(doc.name) for slug, doc in documents if slug == "rucio-store"}
+    if os.environ.get("RUCIO_CONFIG"):
+        stores.add(RUCIO_NAME)
+        rucio.add(RUCIO_NAME)
+    return BlockNames(
+        sorted(facilities | {DEFAULT_NAME}), sorted(stores | {DEFAULT_NAME}), sorted(rucio)
+    )
 
 
 def list_facilities() -> list[FacilityBlock]:

@@ -48,6 +48,13 @@ def running_stack_api() -> str | None:
     return str(data["api_url"])
 
 
+CONSOLE_HANDLERS = (
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
+    "PREFECT_LOGGING_HANDLERS_DEBUG_LEVEL",
+)
+"""Prefect's logging handlers that write to the terminal (its logging.yml, by env override)."""
+
+
 def embedded_database_url() -> str:
     """The SQLite database of the embedded Prefect server, in this home."""
     return f"sqlite+aiosqlite:///{home() / 'prefect.db'}"
@@ -64,7 +71,10 @@ def configure_prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the first migration of a new database takes longer than Prefect's 20 s on busy hosts
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # runs log at INFO to the Prefect API (the UI shows them); the terminal stays quiet
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", os.environ.get("ESAP_PREFECT_LOG_LEVEL", "INFO"))
+    for handler in CONSOLE_HANDLERS:
+        os.environ.setdefault(handler, "CRITICAL")
     if "PREFECT_API_URL" not in os.environ:
         api = running_stack_api()
         if api:

@@ -115,6 +115,28 @@ def format_memory(size: int) -> str:
     return str(size)
 
 
+def human_memory(size: int) -> str:
+    """A size as a person reads it: 25275338752 -> "23.5 GiB", 512 -> "512 B"."""
+    for unit in ("P", "T", "G", "M", "K"):
+        scale = 1024 ** _MEMORY_POWER[unit]
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}iB"
+    return f"{size} B"
+
+
+def human_duration(seconds: int) -> str:
+    """A duration as a person reads it, in its two largest units: 34200 -> "9 h 30 min"."""
+    if seconds == 0:
+        return "0 s"
+    parts = []
+    rest = seconds
+    for unit, name in (("d", "d"), ("h", "h"), ("m", "min"), ("s", "s")):
+        count, rest = divmod(rest, _DURATION_SECONDS[unit])
+        if count:
+            parts.append(f"{count} {name}")
+    return " ".join(parts[:2])
+
+
 Duration = Annotated[
     int,
     BeforeValidator(parse_duration),

@@ -14,12 +14,13 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
+from prefect.utilities.callables import ParameterSchema
 from prefect.workers.process import ProcessWorker
 
 from blocks.archive import LocalArchive
 from blocks.catalogue import FACILITY_TYPES, STORE_TYPES
 from blocks.local import LocalFacility
-from blocks.registry import DEFAULT_NAME
+from blocks.registry import DEFAULT_NAME, block_names
 from flows.registry import LOCAL_POOL, WORKFLOWS
 
 
@@ -64,6 +65,12 @@ def apply_deployments() -> None:
 
     Flows are found by module path, so this works from a clone and from an installed wheel.
     """
+    names = block_names()
+    choices = {
+        "facility": (names.facilities, "the planner chooses"),
+        "store": (names.stores, "the local archive"),
+        "input_store": (names.rucio_stores, "the only Rucio store"),
+    }
     for workflow in WORKFLOWS.values():
         schedules = [Cron(workflow.cron, timezone="UTC", active=False)] if workflow.cron else None
         description = " ".join(p for p in (workflow.description, workflow.deployment_notes) if p)
@@ -79,6 +86,9 @@ def apply_deployments() -> None:
                 entrypoint_type=EntrypointType.MODULE_PATH,
             ),
         )
+        deployment._parameter_openapi_schema = _with_choices(
+            deployment._parameter_openapi_schema, choices
+        )
         try:
             deployment.apply()
         except Exception as exc:
@@ -87,10 +97,27 @@ def apply_deployments() -> None:
             ) from exc
 
 
-def bootstrap(deploy: bool = True) -> None:
-    """All of the above, in order."""
+def _with_choices(
+    schema: ParameterSchema, choices: dict[str, tuple[list[str], str]]
+) -> ParameterSchema:
+    """The run form's schema with facility and store names to pick among, empty allowed.
+
+    Saved names at the time of deploying: `esap-prefect up` and `facilities add` / `stores
+    add` (with a stack running) deploy again.
+    """
+    properties = dict(schema.properties)
+    for name, (names, empty) in choices.items():
+        if name not in properties or not names:
+            continue
+        prop = dict(properties[name])
+        prop["anyOf"] = [{"type": "string", "enum": names}, {"type": "null"}]
+        prop["description"] = f"{prop.get('description', '')} Empty: {empty}.".strip()
+        properties[name] = prop
+    return schema.model_copy(update={"properties": properties})
+
+
+def prepare() -> None:
+    """Block types, default blocks and the work pool, in order."""
     register_block_types()
     ensure_default_blocks()
     ensure_work_pool()
-    if deploy:
-        apply_deployments()

@@ -5,14 +5,17 @@ Used by `esap-prefect up` (kept running) and `esap-prefect demo` (one run, then 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from core.settings import stack_file
+from core.settings import CONSOLE_HANDLERS, stack_file
 from deployments.processes import ProcessError, port_in_use, spawn, stop_group, wait_http_ok
 
 
@@ -34,9 +37,11 @@ class EmbeddedStack:
         port: int = 4200,
         pool: str = "local",
         gateway_port: int | None = 8600,
+        report: Callable[[str], None] = lambda _line: None,
     ) -> None:
         self.home, self.host, self.port, self.pool = home, host, port, pool
         self.gateway_port = gateway_port
+        self.report = report
         self.logs = home / "logs"
         self._server: subprocess.Popen[bytes] | None = None
         self._worker: subprocess.Popen[bytes] | None = None
@@ -64,7 +69,16 @@ class EmbeddedStack:
             "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
             "PREFECT_UI_API_URL": self.api_url,
             "PREFECT_LOGGING_LEVEL": os.environ.get("ESAP_PREFECT_LOG_LEVEL", "INFO"),
+            # the stack's processes write their logs to logs/*.log
+            **dict.fromkeys(CONSOLE_HANDLERS, "0"),
         }
+
+    @contextlib.contextmanager
+    def _step(self, what: str) -> Iterator[None]:
+        started = time.monotonic()
+        self.report(f"{what} ...")
+        yield
+        self.report(f"{what}: {time.monotonic() - started:.1f} s")
 
     def start(self, deploy: bool = True) -> None:
         """Start the server, prepare it, start the worker. Stops what it started on failure."""
@@ -76,36 +90,43 @@ class EmbeddedStack:
                 )
         prefect = str(Path(sys.executable).parent / "prefect")
         try:
-            self._server = spawn(
-                [prefect, "server", "start", "--host", self.host, "--port", str(self.port)],
-                self.logs / "server.log",
-                self._env(),
-            )
-            wait_http_ok(f"{self.api_url}/health", self._server, self.logs / "server.log", 90)
-            from deployments.bootstrap import bootstrap
+            with self._step("Prefect server"):
+                self._server = spawn(
+                    [prefect, "server", "start", "--host", self.host, "--port", str(self.port)],
+                    self.logs / "server.log",
+                    self._env(),
+                )
+                wait_http_ok(f"{self.api_url}/health", self._server, self.logs / "server.log", 90)
+            from deployments.bootstrap import apply_deployments, prepare
 
-            bootstrap(deploy=deploy)
-            self._worker = spawn(
-                [prefect, "worker", "start", "--pool", self.pool, "--type", "process"],
-                self.logs / "worker.log",
-                self._env(),
-            )
+            with self._step("block types, default blocks, work pool"):
+                prepare()
+            if deploy:
+                with self._step("deployments"):
+                    apply_deployments()
+            with self._step("worker"):
+                self._worker = spawn(
+                    [prefect, "worker", "start", "--pool", self.pool, "--type", "process"],
+                    self.logs / "worker.log",
+                    self._env(),
+                )
             if self.gateway_port is not None:
-                self._gateway = spawn(
-                    [sys.executable, "-m", "gateway.app"],
-                    self.logs / "gateway.log",
-                    {
-                        **self._env(),
-                        "ESAP_GATEWAY_HOST": self.host,
-                        "ESAP_GATEWAY_PORT": str(self.gateway_port),
-                    },
-                )
-                wait_http_ok(
-                    f"{self.gateway_url}/uws/availability",
-                    self._gateway,
-                    self.logs / "gateway.log",
-                    60,
-                )
+                with self._step("gateway"):
+                    self._gateway = spawn(
+                        [sys.executable, "-m", "gateway.app"],
+                        self.logs / "gateway.log",
+                        {
+                            **self._env(),
+                            "ESAP_GATEWAY_HOST": self.host,
+                            "ESAP_GATEWAY_PORT": str(self.gateway_port),
+                        },
+                    )
+                    wait_http_ok(
+                        f"{self.gateway_url}/uws/availability",
+                        self._gateway,
+                        self.logs / "gateway.log",
+                        60,
+                    )
         except (ProcessError, RuntimeError, OSError) as exc:
             self.stop()
             raise StackError(f"the embedded stack did not start: {exc}") from exc

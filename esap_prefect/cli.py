@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from core.params import (
     ParameterError,
@@ -25,7 +25,14 @@ from core.params import (
     read_params_file,
     validate_parameters,
 )
-from core.settings import configure_prefect_environment, home, private_home
+from core.settings import (
+    CONSOLE_HANDLERS,
+    configure_prefect_environment,
+    home,
+    private_home,
+    running_stack_api,
+)
+from esap_prefect.running import show
 
 if TYPE_CHECKING:
     from blocks.facility import FacilityBlock
@@ -64,7 +71,8 @@ def main(
     """The ESAP batch back end on Prefect 3."""
     os.umask(0o077)  # job folders, results, databases, logs: the owner's only
     if verbose:
-        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+        for handler in CONSOLE_HANDLERS:
+            os.environ[handler] = "0"
     configure_prefect_environment()
 
 
@@ -96,48 +104,51 @@ def run(
     ] = None,
     params_file: Annotated[Path | None, typer.Option(help="JSON object of parameters.")] = None,
     facility: Annotated[str | None, typer.Option(help="Facility to run on.")] = None,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process", help="Run here, even when `up` runs (default without a stack)."
+        ),
+    ] = False,
 ) -> None:
-    """Run a workflow in this process and print its result as JSON."""
+    """Run a workflow and print its result as JSON.
+
+    With `esap-prefect up` running, the run goes through the workflow's deployment (shown
+    in the Prefect UI under it) and is followed to its end; otherwise it runs here.
+    """
+    from esap_prefect.running import RunFailed, check_names, via_deployment
+    from esap_prefect.running import in_process as run_here
+    from flows.registry import get_workflow
+
     with _user_errors():
         flow, parameters = _collect_parameters(workflow, param or [], params_file, facility)
-    state = flow(**parameters, return_state=True)
-    if not state.is_completed():
-        typer.echo(
-            f"error: {workflow} ended {state.name}: {state.message}{_known(state)}", err=True
-        )
-        raise typer.Exit(1)
-    _print_json(state.result())
-
-
-def _known(state: Any) -> str:
-    """The names that exist, when a run failed on an unknown facility or store."""
-    from core.errors import UnknownBlockError
-
-    error = state.result(raise_on_failure=False)
-    if isinstance(error, UnknownBlockError) and error.known:
-        return f"; known: {', '.join(error.known)}"
-    return ""
-
-
-def _print_json(result: Any) -> None:
-    if isinstance(result, BaseModel):
-        typer.echo(result.model_dump_json(indent=2))
-    else:
-        typer.echo(json.dumps(result, indent=2, default=str))
+        try:
+            check_names(parameters)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    stack = running_stack_api()
+    try:
+        if stack and not in_process:
+            wire = validate_parameters(flow.fn, parameters, workflow, as_json=True)
+            result = via_deployment(get_workflow(workflow).deployment, wire, stack)
+        else:
+            result = run_here(flow, parameters, os.environ.get("PREFECT_API_URL"))
+    except RunFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    show(result)
 
 
 @app.command()
 def workflows() -> None:
-    """List the workflows with their deployments and parameters."""
+    """List the workflows: deployments, parameters with types and the deployments' defaults."""
+    from esap_prefect.describe import parameter_lines
     from flows.registry import WORKFLOWS
 
     for wf in WORKFLOWS.values():
-        flow = wf.load()
         typer.echo(f"{wf.name}  (deployment {wf.deployment})\n  {wf.description}")
-        for name, prop in flow.parameters.properties.items():
-            kind = prop.get("type") or " | ".join(p.get("type", "?") for p in prop.get("anyOf", []))
-            default = f" = {json.dumps(prop['default'])}" if "default" in prop else ""
-            typer.echo(f"    {name}: {kind}{default}")
+        for line in parameter_lines(wf.load().parameters, wf.parameters):
+            typer.echo(f"    {line}")
 
 
 facilities_app = typer.Typer(help="List and add facilities.", no_args_is_help=False)
@@ -152,12 +163,14 @@ def facilities(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from blocks.registry import list_facilities
+    from core.units import human_duration, human_memory
 
     for facility in list_facilities():
-        cap = facility.capabilities().model_dump(mode="json")
+        cap = facility.capabilities()
         typer.echo(
-            f"{cap['facility']}  ({cap['kind']})  runs {', '.join(sorted(cap['tasktypes']))}"
-            f"; up to {cap['maxcores']} cores, {cap['maxmemory']}, {cap['maxduration']}"
+            f"{cap.facility}  ({cap.kind})  runs {', '.join(sorted(cap.tasktypes))}"
+            f"; up to {cap.maxcores} cores, {human_memory(cap.maxmemory)} and "
+            f"{human_duration(cap.maxduration)} per job"
         )
 
 
@@ -224,6 +237,15 @@ def _save_facility(facility: FacilityBlock, name: str, overwrite: bool) -> None:
         facility.save(name, overwrite=overwrite)
     except ValueError as exc:
         raise UserError(f"{exc} (use --overwrite to replace it)") from None
+    _refresh_run_forms()
+
+
+def _refresh_run_forms() -> None:
+    """With a stack running, deploy again, so run forms offer the new name."""
+    if running_stack_api():
+        from deployments.bootstrap import apply_deployments
+
+        apply_deployments()
 
 
 @add_app.command("docker")
@@ -376,6 +398,7 @@ def add_rucio(
             store.save(name, overwrite=overwrite)
         except ValueError as exc:
             raise UserError(f"{exc} (use --overwrite to replace it)") from None
+        _refresh_run_forms()
     typer.echo(f"saved Rucio store {name!r} ({host or 'from RUCIO_CONFIG'}, archive {archive_rse})")
 
 
@@ -415,7 +438,13 @@ def _stack(host: str, port: int, gateway_port: int) -> Iterator[Any]:
 
     from deployments.stack import EmbeddedStack, StackError
 
-    stack = EmbeddedStack(private_home(), host=host, port=port, gateway_port=gateway_port)
+    stack = EmbeddedStack(
+        private_home(),
+        host=host,
+        port=port,
+        gateway_port=gateway_port,
+        report=lambda line: typer.echo(f"  {line}", err=True),
+    )
     with _user_errors(), temporary_settings({PREFECT_API_URL: stack.api_url}):
         try:
             stack.start()
@@ -450,7 +479,7 @@ def demo(
                 err=True,
             )
             raise typer.Exit(1)
-        _print_json(state.result())
+        show(state.result())
         typer.echo(f"Prefect UI: {link}", err=True)
 
 

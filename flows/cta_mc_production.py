@@ -13,6 +13,7 @@ from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.archive import ArchivedFile
@@ -161,8 +162,18 @@ def _summary(config: ProductionConfig, result: CTAMCResult) -> str:
     return "\n".join(lines)
 
 
+def _run_name() -> str:
+    """`cta-mc-proton-Paranal-1000-1099`: what a production manager looks for."""
+    given = flow_run.get_parameters()
+    first = int(given.get("first_run", 1))
+    last = first + int(given.get("runs", 1)) - 1
+    particle, site = given.get("particle", Particle.GAMMA), given.get("site", Site.PARANAL)
+    return f"cta-mc-{Particle(particle).value}-{Site(site).value}-{first}-{last}"
+
+
 @flow(
     name=WORKFLOW,
+    flow_run_name=_run_name,
     persist_result=True,
     result_serializer="json",
     on_cancellation=[cancel_facility_jobs],

@@ -115,7 +115,12 @@ def report_staging(result: DataStagingResult) -> None:
     )
 
 
-@flow(name="data-staging", persist_result=True, result_serializer="json")
+@flow(
+    name="data-staging",
+    flow_run_name="data-staging-to-{target}",
+    persist_result=True,
+    result_serializer="json",
+)
 def data_staging(
     inputs: Annotated[InputItems, Field(min_length=1)],
     target: str,

@@ -36,6 +36,7 @@ class HelloWorldResult(BaseModel):
 
 @flow(
     name="hello-world",
+    flow_run_name="hello-world-{Parameter1}",
     persist_result=True,
     result_serializer="json",
     on_cancellation=[cancel_facility_jobs],

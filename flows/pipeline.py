@@ -26,7 +26,7 @@ from core.settings import home
 from core.states import JobState
 from planner.models import PlanResponse, TaskRequest
 from tasks.archive import archive_outputs
-from tasks.jobs import collect_outputs, submit_jobs, wait_for_jobs
+from tasks.jobs import collect_outputs, final_statuses, submit_jobs, wait_for_jobs
 from tasks.plan import plan
 from tasks.stage import fetch_vo_inputs, job_inputs, locate_inputs, stage_inputs
 
@@ -115,6 +115,25 @@ def _logs(outputs: JobOutputs) -> list[OutputFile]:
         for name, path in streams
         if path is not None and path.stat().st_size > 0
     ]
+
+
+def _kept(
+    outputs: JobOutputs,
+    complete: bool,
+    logs: bool,
+    name: Callable[[JobRef, OutputFile], str] | None,
+) -> JobOutputs:
+    """What of a job is archived: its outputs (named by `name`), and its logs if asked for.
+
+    A job that did not complete keeps only its logs, under its own name (unique to the flow
+    run), so that archiving a later run of it never meets a file of the same name.
+    """
+    if not complete:
+        return outputs.model_copy(update={"files": _logs(outputs)})
+    files = [*outputs.files, *(_logs(outputs) if logs else [])]
+    if name is not None:
+        files = [f.model_copy(update={"name": name(outputs.ref, f)}) for f in files]
+    return outputs.model_copy(update={"files": files})
 
 
 def _grouped(specs: Sequence[JobSpec] | JobArray, group: str) -> list[JobSpec] | JobArray:
@@ -233,24 +252,18 @@ def execute(
     specs = _grouped(_with_inputs(make_specs(answer), extra), job_prefix(workflow))
     refs = submit_jobs(chosen, specs)
     _remember_jobs(chosen.facility_name, refs)
-    statuses = wait_for_jobs(chosen, refs, timeout=timeout, max_reschedules=max_reschedules)
+    statuses = final_statuses(
+        wait_for_jobs(
+            chosen, refs, timeout=timeout, max_reschedules=max_reschedules, return_state=True
+        )
+    )
     outputs = collect_outputs(chosen, statuses, home() / "runs" / run_key(workflow))
     problems = _problems(statuses, outputs)
     done = {s.ref for s in statuses if s.state is JobState.COMPLETED}
-    keep = [o for o in outputs if o.ref in done and not o.missing and not o.refused]
-    if archive_logs:
-        keep = [o.model_copy(update={"files": [*o.files, *_logs(o)]}) for o in keep]
-    if archive_name is not None:
-        keep = [
-            o.model_copy(
-                update={
-                    "files": [
-                        f.model_copy(update={"name": archive_name(o.ref, f)}) for f in o.files
-                    ]
-                }
-            )
-            for o in keep
-        ]
+    keep = [
+        _kept(o, o.ref in done and not o.missing and not o.refused, archive_logs, archive_name)
+        for o in outputs
+    ]
     archived = archive_outputs(archive_to, archive_key or run_key(workflow), keep)
     return PipelineResult(
         flow_run_id=flow_run.get_id() or "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from prefect import flow
+from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.archive import ArchivedFile
@@ -33,8 +34,15 @@ class ContainerResult(BaseModel):
     archived: list[ArchivedFile]
 
 
+def _run_name() -> str:
+    """`run-container-<image>`, the image's last path part (`corsika:7.7`, `payload.sif`)."""
+    image = str(flow_run.get_parameters().get("image", "")).rstrip("/")
+    return f"run-container-{image.rsplit('/', 1)[-1][:60]}"
+
+
 @flow(
     name="run-container",
+    flow_run_name=_run_name,
     persist_result=True,
     result_serializer="json",
     on_cancellation=[cancel_facility_jobs],

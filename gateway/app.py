@@ -23,6 +23,7 @@ from gateway.bodies import BodyLimit
 from gateway.broker import Broker
 from gateway.broker_store import OfferStore
 from gateway.database import Database
+from gateway.docs import install as install_docs
 from gateway.errors import GatewayError, answer
 from gateway.routes_broker import router as broker_router
 from gateway.routes_planner import facility_capabilities
@@ -92,7 +93,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         "the IVOA Execution Planner (seed form) and ExecutionBroker.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.settings = config
     app.state.authenticator = Authenticator(config)
     app.include_router(uws_router)

@@ -24,6 +24,7 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling
 
+from blocks.registry import BlockNames, block_names
 from core.params import ParameterError
 from core.states import ABORTABLE_PHASES, ACTIVE_PHASES, FINAL_PHASES, UWSPhase
 from gateway.errors import Forbidden, InvalidRequest, InvalidTransition, NotFound, Unavailable
@@ -62,6 +63,7 @@ class JobService:
         self.store, self.client, self.settings = store, client, settings
         self._changed: dict[str, asyncio.Event] = {}
         self._deployments: dict[str, uuid.UUID] = {}
+        self._names: BlockNames | None = None
 
     # ---- reading
 
@@ -123,6 +125,7 @@ class JobService:
             workflow, parameters = job_parameters(given)
         except ParameterError as exc:
             raise InvalidRequest(str(exc)) from None
+        await self._check_names(parameters)
         token = secrets.token_hex(20)
         created = now()
         run_id = next((v for k, v in given.items() if k.lower() == "runid"), None)
@@ -147,6 +150,30 @@ class JobService:
         )
         self.store.insert(job)
         return job, token
+
+    async def _check_names(self, parameters: Mapping[str, Any]) -> None:
+        """InvalidRequest for a facility or store no block has (read again on a miss).
+
+        Only the name asked for is told: the names of others' facilities are not.
+        """
+        for parameter, what in (("facility", "facility"), ("store", "store"),
+                                ("input_store", "Rucio store")):  # fmt: skip
+            value = parameters.get(parameter)
+            if not value:
+                continue
+            plain = str(value).rpartition("/")[2]
+            for fresh in (False, True):
+                if fresh or self._names is None:
+                    self._names = await asyncio.to_thread(block_names)
+                known = {
+                    "facility": self._names.facilities,
+                    "store": self._names.stores,
+                    "input_store": self._names.rucio_stores,
+                }[parameter]
+                if plain in known:
+                    break
+            else:
+                raise InvalidRequest(f"parameter {parameter}: no {what} named {value!r}")
 
     async def _deployment_id(self, name: str) -> uuid.UUID:
         if name not in self._deployments:

@@ -30,11 +30,12 @@ from core.states import FINAL_PHASES, PREFECT_TO_UWS, UWSPhase
 from gateway.records import JobRecord, JobUpdate, Result
 from gateway.redact import public_message
 from gateway.service import JobService, ended, now
+from tasks.archive import ARCHIVED
+from tasks.keys import workflow_key
 
 log = logging.getLogger("esap.gateway")
 
 CHUNK = 200
-RESULTS = "archived-outputs"
 
 
 class PhaseSync:
@@ -100,9 +101,10 @@ class PhaseSync:
         self, jobs: dict[str, tuple[JobRecord, JobUpdate]]
     ) -> dict[str, list[Result]]:
         """The archived outputs of finished runs, from their `archived-outputs` artifacts."""
+        keys = sorted({workflow_key(job.workflow, ARCHIVED) for job, _ in jobs.values()})
         artifacts = await self.client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[RESULTS]),
+                key=ArtifactFilterKey(any_=keys),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(i) for i in jobs]),
             )
         )

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
 
 from blocks.facility import FacilityBlock
@@ -21,6 +22,7 @@ from core.backoff import Backoff
 from core.errors import FatalError, TransientError
 from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
 from core.states import JobState
+from tasks.keys import artifact_key
 from tasks.retry import unless_fatal
 
 
@@ -28,11 +30,28 @@ class JobsTimedOut(TimeoutError):
     """Jobs were still unfinished when the wait ran out; they have been cancelled."""
 
 
-@task(name="submit-jobs", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=unless_fatal)
+@task(
+    name="submit-jobs",
+    task_run_name="submit-jobs to {facility.facility_name}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=unless_fatal,
+)
 def submit_jobs(facility: FacilityBlock, specs: Sequence[JobSpec] | JobArray) -> list[JobRef]:
     """Submit a batch or a job array; a retry finds jobs already submitted, never doubles them."""
     refs = facility.submit_array(specs) if isinstance(specs, JobArray) else facility.submit(specs)
-    get_run_logger().info("submitted %d job(s) to %s", len(refs), facility.facility_name)
+    shown = ", ".join(
+        r.name if r.job_id == r.name else f"{r.name} (id {r.job_id})" for r in refs[:SHOWN]
+    )
+    more = f" and {len(refs) - SHOWN} more" if len(refs) > SHOWN else ""
+    get_run_logger().info(
+        "submitted %d job(s) to facility %s (%s): %s%s",
+        len(refs),
+        facility.facility_name,
+        facility.kind,
+        shown,
+        more,
+    )
     return refs
 
 
@@ -41,7 +60,10 @@ def _summary(statuses: Iterable[JobStatus]) -> str:
     return ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
 
 
-@task(name="wait-for-jobs")
+SHOWN = 10
+
+
+@task(name="wait-for-jobs", task_run_name="wait-for-jobs on {facility.facility_name}")
 def wait_for_jobs(
     facility: FacilityBlock,
     refs: Sequence[JobRef],
@@ -66,7 +88,7 @@ def wait_for_jobs(
         UUID,
         create_progress_artifact(
             progress=0.0,
-            key="jobs-progress",
+            key=artifact_key("jobs", facility.facility_name),
             description=f"{total} job(s) on {facility.facility_name}",
         ),
     )
@@ -125,10 +147,63 @@ def wait_for_jobs(
     logger.info(
         "all %d job(s) final after %d poll cycle(s): %s", total, cycles, _summary(latest.values())
     )
-    return [latest[ref] for ref in refs]
+    return _completed([latest[ref] for ref in refs])
 
 
-@task(name="collect-outputs", retries=2, retry_delay_seconds=5, retry_condition_fn=unless_fatal)
+class JobsDidNotComplete(RuntimeError):
+    """Some jobs ended without completing: wait-for-jobs fails, as they did.
+
+    `statuses` holds every job's final state, so the flow still collects and archives the
+    jobs that did complete.
+    """
+
+    def __init__(self, statuses: list[JobStatus]) -> None:
+        failed = [s for s in statuses if s.state is not JobState.COMPLETED]
+        super().__init__(
+            f"{len(failed)} of {len(statuses)} job(s) did not complete: "
+            + "; ".join(f"{s.ref.name} {s.state.value.lower()} ({s.detail})" for s in failed[:3])
+        )
+        self.statuses = statuses
+
+
+def final_statuses(state: State[list[JobStatus]]) -> list[JobStatus]:
+    """Every job's final status from wait-for-jobs' state, whether or not all completed.
+
+    Raises:
+        Exception: what else made wait-for-jobs fail (a timeout, an outage past its limit).
+    """
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, JobsDidNotComplete):
+        return result.statuses
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _completed(statuses: list[JobStatus]) -> list[JobStatus]:
+    """The statuses when every job completed; JobsDidNotComplete (each failure logged) if not."""
+    logger = get_run_logger()
+    failed = [s for s in statuses if s.state is not JobState.COMPLETED]
+    for status in failed[:SHOWN]:
+        logger.error(
+            "job %s (id %s) ended %s: %s",
+            status.ref.name,
+            status.ref.job_id,
+            status.state.value,
+            status.detail or "no detail",
+        )
+    if failed:
+        raise JobsDidNotComplete(statuses)
+    return statuses
+
+
+@task(
+    name="collect-outputs",
+    task_run_name="collect-outputs from {facility.facility_name}",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=unless_fatal,
+)
 def collect_outputs(
     facility: FacilityBlock, statuses: Sequence[JobStatus], dest: Path
 ) -> list[JobOutputs]:
@@ -136,6 +211,7 @@ def collect_outputs(
     outputs = facility.fetch([s.ref for s in statuses if s.state.is_final], dest)
     logger = get_run_logger()
     for item in outputs:
+        logger.info("job %s: %d output file(s) collected", item.ref.name, len(item.files))
         if item.missing:
             logger.warning("job %s produced no %s", item.ref.name, ", ".join(item.missing))
         if item.refused:

@@ -22,6 +22,7 @@ from blocks.basket import VoItem
 from blocks.rucio import RucioStore, StagedInputs, StageProgress
 from blocks.vo import FetchedFile, fetch_vo
 from core.jobs import InputFile
+from tasks.keys import artifact_key
 from tasks.retry import unless_fatal
 
 MANIFEST = "inputs.json"
@@ -57,7 +58,7 @@ def stage_inputs(
         progress = cast(
             UUID,
             create_progress_artifact(
-                progress=0.0, key="staging-progress", description=f"staging to {rse}"
+                progress=0.0, key=artifact_key("staging", rse), description=f"staging to {rse}"
             ),
         )
         last: list[StageProgress] = []
@@ -99,7 +100,7 @@ def stage_inputs(
             }
             for f in staged.files
         ],
-        key="staged-inputs",
+        key=artifact_key("staged-inputs"),
         description=f"{len(staged.files)} file(s), {staged.total_bytes} bytes"
         + (f" at {staged.rse}" if staged.rse else " downloaded"),
     )
@@ -112,7 +113,7 @@ def fetch_vo_inputs(items: Sequence[VoItem], dest: Path) -> list[FetchedFile]:
     fetched = fetch_vo(items, dest)
     create_table_artifact(
         [f.model_dump(mode="json", exclude={"path"}) for f in fetched],
-        key="vo-inputs",
+        key=artifact_key("vo-inputs"),
         description=f"{len(fetched)} VO dataset(s)",
     )
     return fetched

@@ -99,10 +99,34 @@ def test_unknown_parameter_lists_the_accepted_ones() -> None:
     )
 
 
-def test_unknown_facility_is_a_clean_error(prefect_api: str) -> None:
+def test_unknown_facility_is_refused_before_the_run(prefect_api: str) -> None:
     done = cli("run", "hello-world", "--facility", "mars", api=prefect_api)
+    assert_clean_error(done, "no facility named 'mars'; known: local")
+    store = cli("run", "hello-world", "-p", "store=attic", api=prefect_api)
+    assert_clean_error(store, "no store named 'attic'; known: local")
+
+
+def test_a_run_that_fails_is_one_error_line_and_the_ui_link(prefect_api: str) -> None:
+    done = cli("run", "run-container", "-p", "image=x", api=prefect_api)
     assert done.returncode == 1
-    assert "no facility named 'mars'; known: local" in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("error: run-container ended Failed: no facility can run")
+    assert lines[1].startswith(f"Prefect UI: {prefect_api.removesuffix('/api')}/runs/flow-run/")
+    assert len(lines) == 2 and "Traceback" not in done.stderr
+    verbose = cli("-v", "run", "run-container", "-p", "image=x", api=prefect_api)
+    assert "Traceback" in verbose.stderr, "-v shows Prefect's logs and the traceback"
+
+
+def test_a_typo_is_refused_before_prefect_is_imported(tmp_path: Path) -> None:
+    broken = tmp_path / "broken" / "prefect"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('prefect imported too early')\n")
+    env = {"PYTHONPATH": str(broken.parent)}
+    typo = cli_with(env, "wrokflows", home=tmp_path / "home")
+    assert typo.returncode == 2 and "No such command 'wrokflows'" in typo.stderr
+    assert "too early" not in typo.stderr
+    bad = cli_with(env, "run", "hello-world", "--no-such-option", home=tmp_path / "home")
+    assert bad.returncode == 2 and "No such option" in bad.stderr
 
 
 def test_plan_answers_the_seed_request(prefect_api: str, tmp_path: Path) -> None:
@@ -165,9 +189,13 @@ def test_workflows_and_facilities_are_listed(prefect_api: str) -> None:
     assert done.returncode == 0
     assert "hello-world  (deployment hello-world/local)" in done.stdout
     assert "Parameter3: integer = 33" in done.stdout
+    assert "particle: one of gamma|gamma-diffuse|electron|proton|helium|muon" in done.stdout
+    assert "runs: integer = 100 (deployment; flow default 10)" in done.stdout
+    assert "walltime: duration (e.g. 10m, 9h30m) = 1h" in done.stdout
     done = cli("facilities", api=prefect_api)
     assert done.returncode == 0
-    assert "local  (local)  runs uri://executable" in done.stdout
+    assert "local  (local)  runs uri://executable; up to" in done.stdout
+    assert " GiB and 1 d per job" in done.stdout
 
 
 def test_a_port_in_use_is_a_clean_error(tmp_path: Path) -> None:

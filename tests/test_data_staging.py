@@ -65,7 +65,7 @@ def test_hello_world_downloads_rucio_and_vo_inputs_when_the_facility_has_no_clos
     assert seen["esap:hw1/a.dat"]["adler32"] == format(zlib.adler32(b"alpha\n"), "08x")
     assert seen["esap:hw1/b.dat"]["bytes"] == 5
     assert seen["inputs/vo/2/spectrum.fits"]["bytes"] == 80
-    assert "esap:hw1/a.dat" in latest_artifact("staged-inputs")
+    assert "esap:hw1/a.dat" in latest_artifact("hello-world-staged-inputs")
 
 
 def test_the_planner_picks_the_facility_near_the_data_and_jobs_read_pfns_there(
@@ -80,7 +80,7 @@ def test_the_planner_picks_the_facility_near_the_data_and_jobs_read_pfns_there(
         "bytes": 9,
         "adler32": format(zlib.adler32(b"close by\n"), "08x"),
     }
-    table = latest_artifact("staged-inputs")
+    table = latest_artifact("hello-world-staged-inputs")
     assert "SITE_B" in table and "file://" in table
 
 

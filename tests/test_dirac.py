@@ -24,7 +24,7 @@ from blocks import DiracFacility, InputFile, JobArray, JobRef, JobSpec, JobState
 from blocks.dirac.jdl import JDLError, JobDescription
 from core.errors import CredentialsError
 from flows.pipeline import job_prefix
-from tasks.jobs import submit_jobs, wait_for_jobs
+from tasks.jobs import final_statuses, submit_jobs, wait_for_jobs
 from tests.gridsim import Fate, GridSimulator
 from tests.helpers import forged_credentials, task_runs_of, wait_final
 from tests.servers.diracx import DiracXServer
@@ -220,9 +220,11 @@ def test_cancel_kills_the_jobs(grid: tuple[DiracFacility, GridSimulator]) -> Non
 @flow
 def watch(facility: DiracFacility, specs: list[JobSpec], reschedules: int = 0) -> list[JobStatus]:
     refs = submit_jobs(facility, specs)
-    return wait_for_jobs(
-        facility, refs, min_interval=0.2, max_interval=1.0, max_reschedules=reschedules
-    )
+    waited = wait_for_jobs(
+        facility, refs, min_interval=0.2, max_interval=1.0, max_reschedules=reschedules,
+        return_state=True,
+    )  # fmt: skip
+    return final_statuses(waited)
 
 
 @pytest.mark.usefixtures("prefect_api")

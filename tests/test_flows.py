@@ -64,10 +64,11 @@ def test_hello_world_echoes_parameters_and_archives_them() -> None:
     assert digest(path).sha256 == archived.sha256 and digest(path).adler32 == archived.adler32
     assert path.parts[-3:-1] == (result.flow_run_id, f"hello-world-{result.flow_run_id[:8]}-0")
 
+    # each workflow's artifacts under its own keys, so each key's history is one kind of thing
     artifacts = artifacts_of(result.flow_run_id)
-    assert artifacts["jobs-progress"] == 100.0
-    assert "Plan for `uri://executable`: YES" in str(artifacts["plan"])
-    table = artifacts["archived-outputs"]
+    assert artifacts["hello-world-jobs-local"] == 100.0
+    assert "Plan for `uri://executable`: YES" in str(artifacts["hello-world-plan"])
+    table = artifacts["hello-world-archived-outputs"]
     rows: list[dict[str, str]] = json.loads(table) if isinstance(table, str) else table  # type: ignore[assignment]
     assert rows[0]["sha256"] == archived.sha256 and rows[0]["location"] == archived.location
 

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import time
 from datetime import timedelta
@@ -403,7 +404,8 @@ def test_no_generated_request_makes_the_gateway_fail(gateway: Gateway) -> None:
 def test_a_failed_run_is_an_error_with_its_reason(
     gateway: Gateway, schema: xmlschema.XMLSchema
 ) -> None:
-    job_id = gateway.create(workflow="hello-world", facility="nowhere", PHASE="RUN")
+    # the planner has no facility for a docker container on the stack's own facilities
+    job_id = gateway.create(workflow="run-container", image="x", facility="local", PHASE="RUN")
     job = gateway.wait_final(job_id)
     assert job.phase == "ERROR"
     document = gateway.http.get(f"/uws/jobs/{job_id}")
@@ -412,8 +414,32 @@ def test_a_failed_run_is_an_error_with_its_reason(
         "{http://www.ivoa.net/xml/UWS/v1.0}errorSummary"
     )
     assert summary is not None and summary.get("type") == "fatal"
-    assert "no facility named 'nowhere'" in gateway.http.get(f"/uws/jobs/{job_id}/error").text
+    error = gateway.http.get(f"/uws/jobs/{job_id}/error").text
+    assert error.startswith("no facility can run uri://docker-container: local: does not run")
     assert job.results == []
+
+
+def test_unknown_facilities_and_stores_are_refused_before_a_run(gateway: Gateway) -> None:
+    for field, value, what in (("facility", "nowhere", "facility"), ("store", "attic", "store")):
+        answer = gateway.http.post(
+            "/uws/jobs", data={"workflow": "hello-world", field: value, "PHASE": "RUN"}
+        )
+        assert answer.status_code == 400
+        assert answer.json()["detail"] == f"parameter {field}: no {what} named {value!r}"
+
+
+def test_the_api_docs_work_offline_and_declare_the_bearer_scheme(gateway: Gateway) -> None:
+    page = httpx.get(f"{gateway.url}/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) >= 3 and all(a.startswith("/docs/assets/") for a in assets), assets
+    for asset in assets:
+        assert httpx.get(f"{gateway.url}{asset}").status_code == 200, asset
+    assert "cdn" not in page.text.lower()
+    spec = httpx.get(f"{gateway.url}/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["security"] == [{"bearer": []}]
+    assert spec["paths"]["/uws/availability"]["get"]["security"] == []
 
 
 EB = "https://www.purl.org/ivoa.net/EB/schema/types"

@@ -91,9 +91,18 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stderr
         flow_run_id = json.loads(run.stdout)["flow_run_id"]
-
+        # with a stack, a CLI run goes through the deployment, named, tagged, linked
+        assert f"http://127.0.0.1:{port}/runs/flow-run/{flow_run_id}" in run.stderr
         with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}") as answer:
-            assert json.load(answer)["state_type"] == "COMPLETED"
+            flow_run = json.load(answer)
+        assert flow_run["state_type"] == "COMPLETED"
+        assert flow_run["deployment_id"] is not None and "cli" in flow_run["tags"]
+        assert flow_run["name"] == "hello-world-1"
+        logs = _logs(api, flow_run_id)
+        needs = ("planned uri://executable on facility local", "archived hello-world-",
+                 "submitted 1 job(s) to facility local")  # fmt: skip
+        for needed in needs:
+            assert any(needed in line for line in logs), (needed, logs)
         deployed = subprocess.run(
             [str(Path(sys.executable).parent / "prefect"), "deployment", "ls"],
             capture_output=True,
@@ -117,8 +126,21 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         assert schedule["active"] is False, "the production schedule must start disabled"
     finally:
         up.send_signal(signal.SIGTERM)
-        out, _ = up.communicate(timeout=120)
+        out, err = up.communicate(timeout=120)
     assert up.returncode == 0
     assert f"Prefect UI:  http://127.0.0.1:{port}" in out
+    for step in ("Prefect server: ", "deployments: ", "worker: ", "gateway: "):
+        assert step in err and " s\n" in err.split(step, 1)[1][:12], err
     assert _leftovers(tmp_path, port) == []
     assert not (tmp_path / "stack.json").exists()
+
+
+def _logs(api: str, flow_run_id: str) -> list[str]:
+    """The INFO-and-up log lines of a flow run (and its task runs), as the UI shows them."""
+    body = json.dumps({"logs": {"flow_run_id": {"any_": [flow_run_id]}, "level": {"ge_": 20}}})
+    request = urllib.request.Request(
+        f"{api}/logs/filter", data=body.encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request) as answer:
+        return [entry["message"] for entry in json.load(answer)]

@@ -54,16 +54,18 @@ class DiracFacility(FacilityBlock):
 
     Example:
         ```python
-        from blocks.dirac.facility import DiracFacility
-        DiracFacility(url="https://diracx.example.org", vo="ctao",
-                      output_se="CC-IN2P3-USER").save("cta-dirac")
+        from blocks import DiracFacility
+
+        facility = DiracFacility.load("cta-dirac")  # this block, in your code
+        DiracFacility(url="https://diracx.example.org", vo="ctao",  # another one
+                      output_se="CC-IN2P3-USER").save("other-grid")
         ```
     """
 
     _block_type_name = "DIRAC Facility"
     _description = "Runs ESAP payload jobs on the DIRAC grid through DiracX."
 
-    kind: str = "dirac"
+    kind: ClassVar[str] = "dirac"
     url: str | None = Field(default=None, description="DiracX URL; default $DIRACX_URL.")
     credentials_path: Path | None = Field(
         default=None, description="DiracX credentials file; default $DIRACX_CREDENTIALS_PATH."
@@ -75,17 +77,27 @@ class DiracFacility(FacilityBlock):
     group: str | None = Field(default=None, description="DIRAC group the token is for.")
     sites: list[str] = Field(default_factory=list, description="Sites jobs may run at.")
     banned_sites: list[str] = Field(default_factory=list, description="Sites to avoid.")
-    platform: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    priority: int | None = Field(default=None, ge=0, le=10)
+    platform: str | None = Field(
+        default=None, description="DIRAC platform of the worker nodes, e.g. x86_64-el9."
+    )
+    tags: list[str] = Field(
+        default_factory=list, description="DIRAC tags the worker nodes must have, e.g. GPU."
+    )
+    priority: int | None = Field(
+        default=None, ge=0, le=10, description="Job priority within the group, 0 to 10."
+    )
     output_se: str | None = Field(default=None, description="Storage element for output data.")
     output_path: str | None = Field(
         default=None, description="LFN directory for output data, e.g. /ctao/user/e/esap."
     )
     parametric: bool = Field(default=True, description="Submit job arrays as parametric JDL.")
-    max_cores: int = Field(default=8, ge=1)
-    max_memory: Memory = Field(default="16G", validate_default=True)
-    max_duration: Duration = Field(default="72h", validate_default=True)
+    max_cores: int = Field(default=8, ge=1, description="Most cores one job may ask for.")
+    max_memory: Memory = Field(
+        default="16G", validate_default=True, description="Most memory one job may ask for."
+    )
+    max_duration: Duration = Field(
+        default="72h", validate_default=True, description="Longest CPU time one job may ask for."
+    )
     preference: int = Field(default=200, description="Planner rank, lower preferred.")
 
     servicetype: ClassVar[str] = "uri://dirac"

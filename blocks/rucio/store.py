@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
@@ -42,29 +42,38 @@ class RucioStore(StoreBlock):
 
     Example:
         ```python
-        from blocks.rucio import RucioStore
-        RucioStore(rucio_host="https://rucio.example.org", account="esap",
-                   username="esap", password="...", archive_rse="CTAO_ARCHIVE").save("lake")
+        from blocks import RucioStore
+
+        store = RucioStore.load("lake")  # this block, in your code
+        RucioStore(rucio_host="https://rucio.example.org", account="esap",  # another one
+                   username="esap", password="...", archive_rse="CTAO_ARCHIVE").save("lake2")
         ```
     """
 
     _block_type_name = "Rucio Store"
     _description = "Archives ESAP run outputs to a Rucio data lake, with checksums."
 
-    kind: str = "rucio"
+    kind: ClassVar[str] = "rucio"
     rucio_host: str | None = Field(
         default=None, description="Rucio server; default from RUCIO_CONFIG."
     )
     auth_host: str | None = Field(default=None, description="Auth server; default rucio_host.")
-    account: str | None = None
-    auth_type: Literal["userpass", "token", "x509_proxy"] = "userpass"
-    username: str | None = None
-    password: SecretStr | None = None
+    account: str | None = Field(
+        default=None, description="Rucio account the store acts as; default the identity's."
+    )
+    auth_type: Literal["userpass", "token", "x509_proxy"] = Field(
+        default="userpass",
+        description="How to authenticate: userpass, token (OIDC/WLCG bearer) or x509_proxy.",
+    )
+    username: str | None = Field(default=None, description="User name, for userpass.")
+    password: SecretStr | None = Field(default=None, description="Password, for userpass.")
     token: SecretStr | None = Field(
         default=None, description="Bearer token (an OIDC/WLCG token or a Rucio token)."
     )
     proxy_path: Path | None = Field(default=None, description="X.509 proxy for x509_proxy.")
-    ca_cert: Path | None = None
+    ca_cert: Path | None = Field(
+        default=None, description="CA bundle to check the Rucio servers' certificates with."
+    )
     scope: str = Field(
         default="esap",
         pattern=r"^[A-Za-z0-9._-]{1,25}$",
