@@ -5,6 +5,21 @@ Tasks retry `TransientError`s and other surprises, never a `FatalError`.
 
 from __future__ import annotations
 
+import re
+
+_PREFECT = re.compile(r"^(?:Flow run encountered an exception|Task run failed)[^:]*:\s*")
+# a Python exception's class name: CamelCase of two words or more ("JobsFailed: ...")
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?:[A-Z][a-z0-9]+){2,}\w*:\s*|^Exception:\s*")
+
+
+def plain_message(text: str) -> str:
+    """A failed run's message without Prefect's preamble and the exception's class name.
+
+    "Flow run encountered an exception: PlanningError: no facility can run ..." becomes
+    "no facility can run ...".
+    """
+    return _EXCEPTION.sub("", _PREFECT.sub("", text.strip()))
+
 
 class FatalError(Exception):
     """Retrying cannot help: bad input, refused credentials, an answer that will not change."""

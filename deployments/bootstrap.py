@@ -109,9 +109,10 @@ def _with_choices(
     for name, (names, empty) in choices.items():
         if name not in properties or not names:
             continue
-        prop = dict(properties[name])
-        prop["anyOf"] = [{"type": "string", "enum": names}, {"type": "null"}]
-        prop["description"] = f"{prop.get('description', '')} Empty: {empty}.".strip()
+        # a select of the names; its empty choice ("") means what no value means
+        prop = {k: v for k, v in properties[name].items() if k not in ("anyOf", "type")}
+        prop.update(type="string", enum=["", *names], default="")
+        prop["description"] = f"{prop.get('description', '').split(';')[0]}; empty: {empty}."
         properties[name] = prop
     return schema.model_copy(update={"properties": properties})
 

@@ -70,7 +70,7 @@ class EmbeddedStack:
             "PREFECT_UI_API_URL": self.api_url,
             "PREFECT_LOGGING_LEVEL": os.environ.get("ESAP_PREFECT_LOG_LEVEL", "INFO"),
             # the stack's processes write their logs to logs/*.log
-            **dict.fromkeys(CONSOLE_HANDLERS, "0"),
+            **dict.fromkeys(CONSOLE_HANDLERS, "NOTSET"),
         }
 
     @contextlib.contextmanager

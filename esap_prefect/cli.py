@@ -72,7 +72,7 @@ def main(
     os.umask(0o077)  # job folders, results, databases, logs: the owner's only
     if verbose:
         for handler in CONSOLE_HANDLERS:
-            os.environ[handler] = "0"
+            os.environ[handler] = "NOTSET"
     configure_prefect_environment()
 
 

@@ -15,6 +15,7 @@ import typer
 from pydantic import BaseModel
 
 from core.backoff import Backoff
+from core.errors import plain_message
 
 
 class RunFailed(Exception):
@@ -63,10 +64,19 @@ def via_deployment(deployment: str, parameters: dict[str, Any], api_url: str) ->
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
+    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.states import Cancelling
 
-    run = cast(FlowRun, run_deployment(deployment, parameters=parameters, timeout=0, tags=["cli"]))
-    typer.echo(f"{run.name}: {ui_link(api_url, run.id)}", err=True)
+    try:
+        run = cast(
+            FlowRun, run_deployment(deployment, parameters=parameters, timeout=0, tags=["cli"])
+        )
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code != 409:
+            raise
+        detail = exc.response.json().get("detail", str(exc))
+        raise RunFailed(f"Prefect refused the parameters: {detail}") from None
+    typer.echo(f"Prefect UI: {ui_link(api_url, run.id)}", err=True)
     pause = Backoff(0.5, 5.0)
     seen = None
     with get_client(sync_client=True) as client:
@@ -85,7 +95,7 @@ def via_deployment(deployment: str, parameters: dict[str, Any], api_url: str) ->
             raise RunFailed(f"{run.name} cancelled (Ctrl-C)") from None
     assert state is not None
     if not state.is_completed():
-        raise RunFailed(f"{run.name} ended {state.name}: {state.message}")
+        raise RunFailed(f"{run.name} ended {state.name}: {plain_message(state.message or '')}")
     return state.result()
 
 
@@ -102,6 +112,6 @@ def in_process(flow: Any, parameters: dict[str, Any], api_url: str | None) -> An
         known = f"; known: {', '.join(error.known)}"
     link = ui_link(api_url, state.state_details.flow_run_id)
     raise RunFailed(
-        f"{flow.name} ended {state.name}: {state.message}{known}"
+        f"{flow.name} ended {state.name}: {plain_message(state.message or '')}{known}"
         + (f"\nPrefect UI: {link}" if link else "")
     )

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import re
 
+from core.errors import plain_message
 from core.params import printable
 
 MAX_MESSAGE = 1000
-_PREFECT = re.compile(r"^(?:Flow run encountered an exception|Task run failed)[^:]*:\s*")
-# a Python exception's class name: CamelCase of two words or more ("JobsFailed: ...")
-_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?:[A-Z][a-z0-9]+){2,}\w*:\s*|^Exception:\s*")
 _FILE_URL = re.compile(r"file://\S*")
 _HOST_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.@%+=~-]+)+/?")
 
@@ -27,8 +25,7 @@ def public_message(text: str) -> str:
     "Flow run encountered an exception: FatalError: image /srv/x.sif is not ..." becomes
     "image .../x.sif is not ...".
     """
-    text = _PREFECT.sub("", printable(text).strip())
-    text = _EXCEPTION.sub("", text)
+    text = plain_message(printable(text))
     text = _FILE_URL.sub(_last, text)
     text = _HOST_PATH.sub(_last, text)
     if len(text) > MAX_MESSAGE:

@@ -48,7 +48,13 @@ def _markdown(request: TaskRequest, answer: PlanResponse) -> str:
     return "\n".join(lines)
 
 
-@task(name="plan", retries=1, retry_delay_seconds=2, retry_condition_fn=unless_fatal)
+@task(
+    name="plan",
+    task_run_name="plan {request.tasktype.value}",
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=unless_fatal,
+)
 def plan(request: TaskRequest, facility: str | None = None) -> PlanResponse:
     """Match `request` against the facilities; raise PlanningError when none can run it."""
     candidates = [load_facility(facility)] if facility else list_facilities()
