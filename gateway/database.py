@@ -79,6 +79,13 @@ class Database:
         with self.lock:
             return self._db.execute(sql, args).fetchall()
 
+    def column(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The first column of a query's rows, read as plain tuples (for long lists)."""
+        with self.lock:
+            cursor = self._db.cursor()
+            cursor.row_factory = None
+            return [row[0] for row in cursor.execute(sql, args)]
+
     def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         """One statement, on its own."""
         with self.lock:

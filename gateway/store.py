@@ -165,7 +165,7 @@ class JobStore:
         """The job-list entries of what `find` would return, with `base_url` in their links."""
         where, args = _listed(owner, phases, after, last)
         sql = f"SELECT {form}_head || ? || {form}_tail FROM jobs {where}"
-        return [r[0] for r in self._db.rows(sql, [base_text(base_url, form), *args])]
+        return self._db.column(sql, [base_text(base_url, form), *args])
 
     def listing(
         self,
