@@ -91,6 +91,25 @@ class Issuer:
         return f"{subject}@{self.issuer.rstrip('/')}"
 
 
+def launch_up(
+    home: Path, port: int, gateway_port: int, env: dict[str, str]
+) -> subprocess.Popen[str]:
+    """`esap-prefect up` started, once it has written its stack file (or a failed assert)."""
+    up = subprocess.Popen(
+        [CLI, "up", "--port", str(port), "--gateway-port", str(gateway_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 180
+    while not (home / "stack.json").exists():
+        assert up.poll() is None, up.communicate()
+        assert time.monotonic() < deadline, "up did not come up"
+        time.sleep(0.5)
+    return up
+
+
 @contextmanager
 def running_stack(home: Path, issuer: Issuer, **settings: str) -> Iterator[Gateway]:
     """`esap-prefect up` on fresh ports under `home`, trusting `issuer`; stopped after."""
@@ -102,19 +121,8 @@ def running_stack(home: Path, issuer: Issuer, **settings: str) -> Iterator[Gatew
     env["ESAP_GATEWAY_OIDC_JWKS_URL"] = issuer.jwks_url
     env["ESAP_GATEWAY_OIDC_AUDIENCE"] = "esap"
     env |= settings
-    up = subprocess.Popen(
-        [CLI, "up", "--port", str(port), "--gateway-port", str(gateway_port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    up = launch_up(home, port, gateway_port, env)
     try:
-        deadline = time.monotonic() + 180
-        while not (home / "stack.json").exists():
-            assert up.poll() is None, up.communicate()
-            assert time.monotonic() < deadline, "up did not come up"
-            time.sleep(0.5)
         token = subprocess.run(
             [CLI, "token"], capture_output=True, text=True, env=env, check=True
         ).stdout.strip()

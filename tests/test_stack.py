@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import psutil
 import pytest
 
 from deployments.processes import free_port
+from tests.stack import launch_up
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
 pytestmark = pytest.mark.slow
@@ -66,19 +66,8 @@ def test_demo_runs_hello_world_through_a_deployment_and_stops_everything(tmp_pat
 
 def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    up = subprocess.Popen(
-        [CLI, "up", "--port", str(port), "--gateway-port", str(free_port())],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(tmp_path),
-    )
+    up = launch_up(tmp_path, port, free_port(), _env(tmp_path))
     try:
-        deadline = time.monotonic() + 180
-        while not (tmp_path / "stack.json").exists():
-            assert up.poll() is None, up.communicate()
-            assert time.monotonic() < deadline, "up did not come up"
-            time.sleep(0.5)
         api = json.loads((tmp_path / "stack.json").read_text())["api_url"]
         assert api == f"http://127.0.0.1:{port}/api"
         run = subprocess.run(
