@@ -62,6 +62,7 @@ class ApptainerFacility(LocalFacility):
     servicetype: ClassVar[str] = "uri://esap-prefect/apptainer"
 
     kind: ClassVar[str] = "apptainer"
+    runtime_engine: ClassVar[str] = "Singularity"
     singularity: str = Field(
         default="singularity",
         description="The apptainer (or singularity) command: a name on PATH or a path.",

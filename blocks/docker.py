@@ -22,9 +22,10 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from pydantic import Field
 
-from blocks.facility import FacilityBlock
+from blocks.facility import LOG_TAIL, FacilityBlock
 from blocks.local import (
     collect_directory,
+    log_tail,
     machine_memory,
     prepare_directory,
     submitted_before,
@@ -33,7 +34,7 @@ from blocks.local_runner import meta_dir
 from core.backoff import wait_until
 from core.errors import FatalError, JobRefused, TransientError
 from core.files import write_atomic, write_json
-from core.jobs import JobOutputs, JobRef, JobSpec, JobStatus
+from core.jobs import JobLog, JobOutputs, JobRef, JobSpec, JobStatus
 from core.settings import home
 from core.states import DOCKER_STATUS, JobState, Outcome, ended
 from core.units import Duration, Memory
@@ -46,6 +47,7 @@ DEADLINE = "esap-prefect.deadline"
 FINAL = "final.json"
 CANCELLED = "cancelled"
 OVERTIME = "walltime"
+LOG_LINES = 200
 
 
 class DockerFacility(FacilityBlock):
@@ -71,6 +73,7 @@ class DockerFacility(FacilityBlock):
     servicetype: ClassVar[str] = "uri://esap-prefect/docker"
 
     kind: ClassVar[str] = "docker"
+    runtime_engine: ClassVar[str] = "Docker"
     base_url: str | None = Field(
         default=None,
         description="Docker Engine address, e.g. unix:///run/docker.sock; $DOCKER_HOST if unset.",
@@ -270,6 +273,18 @@ class DockerFacility(FacilityBlock):
                 with contextlib.suppress(NotFound, APIError):
                     client.api.remove_container(_container_name(ref.job_id))
 
+    def logs(self, refs: Sequence[JobRef], limit: int = LOG_TAIL) -> list[JobLog]:
+        """Recorded logs of ended jobs; the engine's log of running ones (their last lines)."""
+        root = self._root()
+        running = [r for r in refs if not (meta_dir(root / r.job_id) / FINAL).exists()]
+        live: dict[JobRef, JobLog] = {}
+        if running:
+            with self._engine() as client:
+                for ref in running:
+                    with contextlib.suppress(NotFound, APIError):
+                        live[ref] = _live_log(client, ref, limit)
+        return [live.get(ref) or log_tail(ref, root / ref.job_id, limit) for ref in refs]
+
     def cancel(self, refs: Sequence[JobRef]) -> list[JobStatus]:
         """Kill the containers of jobs not yet final; they end CANCELLED and are removed."""
         root = self._root()
@@ -332,6 +347,19 @@ class _Watcher:
                         with contextlib.suppress(DockerException):
                             client.api.kill(item["Id"])
                 time.sleep(cls.interval)
+
+
+def _live_log(client: docker.DockerClient, ref: JobRef, limit: int) -> JobLog:
+    """The last lines of a running container's stdout and stderr, as the engine keeps them."""
+    name = _container_name(ref.job_id)
+    out = client.api.logs(name, stdout=True, stderr=False, tail=LOG_LINES)[-limit:]
+    err = client.api.logs(name, stdout=False, stderr=True, tail=LOG_LINES)[-limit:]
+    return JobLog(
+        ref=ref,
+        stdout=out.decode(errors="replace"),
+        stderr=err.decode(errors="replace"),
+        detail="running",
+    )
 
 
 def _container_name(job: str) -> str:

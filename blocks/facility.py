@@ -15,12 +15,14 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from core.errors import FatalError, JobRefused
-from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
+from core.jobs import JobArray, JobLog, JobOutputs, JobRef, JobSpec, JobStatus
 from core.states import JobState
 from core.units import Duration, Memory, format_memory
 from planner.models import Capabilities, TaskType
 
 CONTAINER_TYPES = frozenset({TaskType.DOCKER, TaskType.SINGULARITY})
+LOG_TAIL = 16_384
+"""Bytes of each log stream a log tail gives by default."""
 
 
 class FacilityBlock(Block, ABC):
@@ -47,6 +49,9 @@ class FacilityBlock(Block, ABC):
       empty outputs.
     - `cancel(refs)` ends jobs not yet final as CANCELLED and leaves final ones as they
       are; it returns the states after.
+    - `logs(refs)` gives the end of each job's stdout and stderr while it runs and after
+      it ended, as far as the backend can see them (DIRAC: its statuses while it runs, the
+      output sandbox's logs once done); a lost ref gives empty logs, never an error.
     - Wall time is enforced by the facility whether or not anyone polls.
 
     What a backend cannot honour it says here: DIRAC compares the spec behind a reused
@@ -58,6 +63,8 @@ class FacilityBlock(Block, ABC):
     servicetype: ClassVar[str] = ""
 
     kind: ClassVar[str] = ""
+    runtime_engine: ClassVar[str] = "process"
+    """What runs the payload, as ESAP's facility catalogue says it (Docker, Singularity, ...)."""
     max_cores: int = Field(default=1, ge=1, description="Most cores one job may ask for.")
     max_memory: Memory = Field(
         default="2G", validate_default=True, description="Most memory one job may ask for."
@@ -164,3 +171,7 @@ class FacilityBlock(Block, ABC):
     @abstractmethod
     def cancel(self, refs: Sequence[JobRef]) -> list[JobStatus]:
         """Stop the jobs; final jobs are left as they are. Returns their states after."""
+
+    @abstractmethod
+    def logs(self, refs: Sequence[JobRef], limit: int = LOG_TAIL) -> list[JobLog]:
+        """The end (at most `limit` bytes each) of the jobs' stdout and stderr, same order."""

@@ -9,12 +9,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
-from blocks.facility import FacilityBlock
+from blocks.facility import LOG_TAIL, FacilityBlock
 from blocks.local_runner import (
     JobRecord,
     LocalRunner,
@@ -26,9 +27,9 @@ from blocks.local_runner import (
     write_record,
 )
 from core.errors import JobRefused
-from core.files import write_atomic
+from core.files import read_tail, write_atomic
 from core.job_folder import UnsafeFile, place, scan_outputs
-from core.jobs import JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from core.jobs import JobLog, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from core.settings import home
 from core.states import JobState
 from core.units import Duration, Memory
@@ -94,6 +95,7 @@ class LocalFacility(FacilityBlock):
         env["PATH"] = os.pathsep.join(
             [str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]
         )
+        env["PYTHONUNBUFFERED"] = "1"  # Python payloads' lines reach the log tail as printed
         env.update(spec.env)
         env["ESAP_JOB_NAME"] = spec.name
         env["ESAP_JOB_DIR"] = str(directory)
@@ -183,6 +185,11 @@ class LocalFacility(FacilityBlock):
         root = self._root()
         return [collect_directory(ref, root / ref.job_id, dest / ref.name) for ref in refs]
 
+    def logs(self, refs: Sequence[JobRef], limit: int = LOG_TAIL) -> list[JobLog]:
+        """The ends of the jobs' stdout and stderr, written as they run."""
+        root = self._root()
+        return [log_tail(ref, root / ref.job_id, limit) for ref in refs]
+
     def cancel(self, refs: Sequence[JobRef]) -> list[JobStatus]:
         """Cancel queued and running jobs (their process groups get SIGTERM, then SIGKILL)."""
         runner = self._runner()
@@ -191,6 +198,20 @@ class LocalFacility(FacilityBlock):
             if not status.state.is_final:
                 runner.cancel(ref.job_id)
         return self.poll(refs)
+
+
+def log_tail(ref: JobRef, directory: Path, limit: int, detail: str = "") -> JobLog:
+    """A job's logs as its facility records them beside its folder (local, Apptainer, Docker)."""
+    meta = meta_dir(directory)
+    streams = [meta / "stdout", meta / "stderr"]
+    times = [p.stat().st_mtime for p in streams if p.is_file()]
+    return JobLog(
+        ref=ref,
+        stdout=read_tail(streams[0], limit),
+        stderr=read_tail(streams[1], limit),
+        detail=detail,
+        updated=datetime.fromtimestamp(max(times), UTC) if times else None,
+    )
 
 
 def submitted_before(directory: Path, spec: JobSpec, facility: str) -> bool:

@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_ISREG
 from typing import BinaryIO
 
 PARTIAL = ".partial"
@@ -52,3 +53,24 @@ def write_secret_file(path: Path, content: str) -> Path:
     """Write `content` readable by the owner only (in a 0700 folder), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return write_atomic(path, content, 0o600)
+
+
+def read_tail(path: Path, limit: int) -> str:
+    """The last `limit` bytes of a text file (from a line's start when cut); "" if absent.
+
+    Links are not followed and only regular files are read (a FIFO would block).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        if not S_ISREG(stat.st_mode):
+            return ""
+        size = stat.st_size
+        handle.seek(max(0, size - limit))
+        data = handle.read(limit)
+    if size > limit:
+        data = data.partition(b"\n")[2] or data
+    return data.decode(errors="replace")

@@ -6,6 +6,7 @@ The same models serve every facility; a facility adds nothing to them but its ow
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Self
 
@@ -17,10 +18,12 @@ from core.units import MAX_CORES, Duration, Memory
 
 _JOB_NAME = re.compile(r"^[A-Za-z0-9%][A-Za-z0-9._%-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_LFN_DIR = re.compile(r"^(/[A-Za-z0-9._@+-]+)+/?$")
 
 
 def _job_name(value: str) -> str:
-    if not _JOB_NAME.match(value):
+    if not _JOB_NAME.fullmatch(value):
         raise ValueError(
             f"job name {value!r} must be 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -38,14 +41,34 @@ def relative_path(value: str) -> str:
 
 def _env_names(value: dict[str, str]) -> dict[str, str]:
     for key, item in value.items():
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise ValueError(f"environment variable name {key!r} is not valid")
         if "\x00" in item:
             raise ValueError(f"environment variable {key} holds a NUL character")
     return value
 
 
+def _storage_element(value: str) -> str:
+    if not _SE_NAME.fullmatch(value):
+        raise ValueError(f"storage element {value!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _lfn_directory(value: str) -> str:
+    parts = value.strip("/").split("/")
+    if not _LFN_DIR.fullmatch(value) or any(p in (".", "..") for p in parts) or len(value) > 512:
+        raise ValueError(
+            f"LFN directory {value!r} must be an absolute path such as /vo.cta.in2p3.fr/user/e/"
+            "esap (letters, digits, '.', '_', '@', '+', '-'; no '..')"
+        )
+    return value
+
+
 JobName = Annotated[str, AfterValidator(_job_name)]
+StorageElement = Annotated[str, AfterValidator(_storage_element)]
+"""A DIRAC storage element's name, e.g. CC-IN2P3-USER."""
+LfnDirectory = Annotated[str, AfterValidator(_lfn_directory)]
+"""An absolute LFN directory, e.g. /vo.cta.in2p3.fr/user/e/esap/."""
 RelativePath = Annotated[str, AfterValidator(relative_path)]
 Environment = Annotated[dict[str, str], AfterValidator(_env_names)]
 """Environment variables: valid names, no NUL in values."""
@@ -101,6 +124,12 @@ class JobSpec(_Model):
     output_data: list[RelativePath] = Field(
         default_factory=list,
         description="Files kept on the facility's storage instead of returned (DIRAC OutputData).",
+    )
+    output_se: StorageElement | None = Field(
+        default=None, description="DIRAC: storage element of output_data (else the facility's)."
+    )
+    output_path: LfnDirectory | None = Field(
+        default=None, description="DIRAC: LFN directory of output_data (else the facility's)."
     )
     group: JobName | None = Field(
         default=None, description="The batch the job belongs to, e.g. one flow run."
@@ -158,6 +187,18 @@ class JobRef(_Model):
     facility: str
     job_id: str
     name: JobName
+
+
+class JobLog(_Model):
+    """The end of a job's stdout and stderr as it runs or after, and what else the facility says."""
+
+    ref: JobRef
+    stdout: str = ""
+    stderr: str = ""
+    detail: str = Field(default="", description="Facility status text (DIRAC: minor, app).")
+    updated: datetime | None = Field(
+        default=None, description="When the logs last changed; None when the facility cannot say."
+    )
 
 
 class JobStatus(_Model):

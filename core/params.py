@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 
 MAX_TEXT = 65_536
 MAX_INTEGER = 2**53
@@ -148,6 +148,20 @@ def _parameter_model(fn: Callable[..., Any], workflow: str) -> type[BaseModel]:
         for name, p in inspect.signature(fn).parameters.items()
     }
     return create_model(f"{workflow}-parameters", **fields)
+
+
+def check_parameter(fn: Callable[..., Any], name: str, value: Any) -> Any:
+    """One parameter of `fn` checked alone against its annotation; the coerced value.
+
+    Raises:
+        ParameterError: saying what is wrong with the value (the caller names the field).
+    """
+    check_value(value, f"parameter {name}")
+    hints = get_type_hints(fn, include_extras=True)
+    try:
+        return TypeAdapter(hints.get(name, Any)).validate_python(value)
+    except ValidationError as exc:
+        raise ParameterError(describe(exc).removeprefix("(root): ")) from None
 
 
 def validate_parameters(

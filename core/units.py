@@ -57,7 +57,7 @@ def parse_duration(value: object) -> int:
         text = value.strip().lower().replace(" ", "")
         if _NUMBER.fullmatch(text):
             seconds = _float(text)
-        elif _DURATION_WHOLE.match(text):
+        elif _DURATION_WHOLE.fullmatch(text):
             seconds = sum(_float(n) * _DURATION_SECONDS[u] for n, u in _DURATION_PART.findall(text))
         else:
             raise ValueError(
@@ -94,7 +94,7 @@ def parse_memory(value: object) -> int:
     if isinstance(value, int | float):
         size = _float(value)
     elif isinstance(value, str):
-        match = _MEMORY.match(value.strip())
+        match = _MEMORY.fullmatch(value.strip())
         if not match:
             raise ValueError(
                 f"{value!r} is not a memory size: use bytes or a unit K, M, G, T, P as in '8G'"

@@ -133,7 +133,7 @@ def archived_runs(config: ProductionConfig, names: list[str]) -> set[int]:
     wanted = {"corsika.json"} if config.corsika_only else {"corsika.json", "simtel.json"}
     found: dict[int, set[str]] = {}
     for name in names:
-        match = _RUN_FILE.match(name)
+        match = _RUN_FILE.fullmatch(name)
         if match:
             found.setdefault(int(match.group(1)), set()).add(match.group(2))
     return {run for run, kinds in found.items() if wanted <= kinds}

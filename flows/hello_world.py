@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from blocks.archive import ArchivedFile
 from blocks.basket import InputItems
 from containers import payload
-from core.jobs import InputFile, JobSpec
+from core.jobs import InputFile, JobSpec, LfnDirectory, StorageElement
+from core.units import Duration
 from flows.pipeline import JobReport, cancel_facility_jobs, execute, job_prefix
 from planner.models import PlanResponse, Resources, TaskRequest, TaskType
 
@@ -48,6 +49,9 @@ def hello_world(
     Parameter4: str = "GG",
     Parameter5: str = "test",
     Parameter6: str = "default",
+    walltime: Duration | None = None,
+    output_se: StorageElement | None = None,
+    output_path: LfnDirectory | None = None,
     facility: str | None = None,
     store: str | None = None,
     inputs: InputItems | None = None,
@@ -62,6 +66,9 @@ def hello_world(
         Parameter4: Fourth demo parameter (ESAP default "GG").
         Parameter5: Fifth demo parameter (ESAP default "test").
         Parameter6: Sixth demo parameter (ESAP default "default").
+        walltime: Wall time of the job (ESAP's cputime); the planner's offer when empty.
+        output_se: DIRAC only: also keep the output file on this storage element.
+        output_path: DIRAC only: the LFN directory for that copy (else the facility's).
         facility: Facility to run on; the planner picks the best one when empty.
         store: Store to archive to; the local archive when empty.
         inputs: Rucio DIDs (scope:name) or ESAP basket items the job reads and reports.
@@ -78,10 +85,15 @@ def hello_world(
     request = TaskRequest(
         tasktype=TaskType.EXECUTABLE,
         taskinfo={"executable": "python3"},
-        resources=Resources(mincores=1, maxcores=1, minduration="1m", maxduration="10m"),
+        resources=Resources(
+            mincores=1, maxcores=1, minduration=walltime or "1m", maxduration=walltime or "10m"
+        ),
     )
 
+    keep_on_se = output_se is not None or output_path is not None
+
     def specs(answer: PlanResponse) -> list[JobSpec]:
+        offered = answer.resources.maxduration if answer.resources else 600
         return [
             JobSpec(
                 name=f"{job_prefix('hello-world')}-0",
@@ -92,7 +104,10 @@ def hello_world(
                     InputFile(name="parameters.json", content=json.dumps(parameters)),
                 ],
                 outputs=[OUTPUT_FILE],
-                walltime=answer.resources.maxduration if answer.resources else 600,
+                output_data=[OUTPUT_FILE] if keep_on_se else [],
+                output_se=output_se,
+                output_path=output_path,
+                walltime=walltime or offered,
             )
         ]
 

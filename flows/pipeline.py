@@ -26,6 +26,7 @@ from core.settings import home
 from core.states import JobState
 from planner.models import PlanResponse, TaskRequest
 from tasks.archive import archive_outputs
+from tasks.callback import callback_environment
 from tasks.jobs import collect_outputs, final_statuses, submit_jobs, wait_for_jobs
 from tasks.plan import plan
 from tasks.stage import fetch_vo_inputs, job_inputs, locate_inputs, stage_inputs
@@ -136,13 +137,14 @@ def _kept(
     return outputs.model_copy(update={"files": files})
 
 
-def _grouped(specs: Sequence[JobSpec] | JobArray, group: str) -> list[JobSpec] | JobArray:
+def _each(
+    specs: Sequence[JobSpec] | JobArray, change: Callable[[JobSpec], dict[str, Any]]
+) -> list[JobSpec] | JobArray:
+    """Every spec (or the array's template) with the fields `change` gives it."""
     if isinstance(specs, JobArray):
         template = specs.template
-        return specs.model_copy(
-            update={"template": template.model_copy(update={"group": template.group or group})}
-        )
-    return [s.model_copy(update={"group": s.group or group}) for s in specs]
+        return specs.model_copy(update={"template": template.model_copy(update=change(template))})
+    return [s.model_copy(update=change(s)) for s in specs]
 
 
 def jobs_record(run_id: str) -> Path:
@@ -178,19 +180,6 @@ def cancel_facility_jobs(
         record["facility"],
         ", ".join(f"{s.ref.name} {s.state.value}" for s in statuses[:10]),
     )
-
-
-def _with_inputs(
-    specs: Sequence[JobSpec] | JobArray, extra: Sequence[InputFile]
-) -> Sequence[JobSpec] | JobArray:
-    if not extra:
-        return specs
-    if isinstance(specs, JobArray):
-        template = specs.template
-        return specs.model_copy(
-            update={"template": template.model_copy(update={"inputs": [*template.inputs, *extra]})}
-        )
-    return [s.model_copy(update={"inputs": [*s.inputs, *extra]}) for s in specs]
 
 
 def _prepare_inputs(
@@ -244,12 +233,22 @@ def execute(
     `inputs` (Rucio DIDs and ESAP basket items) are staged first: to the close RSE of the
     chosen facility (jobs get PFNs), or downloaded and shipped with each job when it has
     none. Every job then finds an `inputs.json` manifest in its directory.
+
+    Payloads of a UWS job get its call-back URL, id and token in their environment.
     """
     answer, extra = _prepare_inputs(workflow, inputs, input_store, request, facility)
     assert answer.serviceinfo is not None  # a YES always names a facility
     chosen = load_facility(answer.serviceinfo.facility)
     archive_to = load_store(store)
-    specs = _grouped(_with_inputs(make_specs(answer), extra), job_prefix(workflow))
+    group, env = job_prefix(workflow), callback_environment()
+    specs = _each(
+        make_specs(answer),
+        lambda s: {
+            "group": s.group or group,
+            "inputs": [*s.inputs, *extra],
+            "env": {**s.env, **env},
+        },
+    )
     refs = submit_jobs(chosen, specs)
     _remember_jobs(chosen.facility_name, refs)
     statuses = final_statuses(

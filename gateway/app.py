@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prefect.client.orchestration import get_client
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -26,6 +27,7 @@ from gateway.database import Database
 from gateway.docs import install as install_docs
 from gateway.errors import GatewayError, answer
 from gateway.routes_broker import router as broker_router
+from gateway.routes_esap import esap_router
 from gateway.routes_planner import facility_capabilities
 from gateway.routes_planner import router as planner_router
 from gateway.routes_uws import router as uws_router
@@ -89,8 +91,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="esap-prefect gateway",
-        description="IVOA UWS 1.1 jobs (and ESAP's django-uws JSON) over Prefect deployments; "
-        "the IVOA Execution Planner (seed form) and ExecutionBroker.",
+        description="IVOA UWS 1.1 jobs over Prefect deployments, and ESAP's mount (django-uws "
+        "JSON, ESAP's pages and batch catalogue); the IVOA Execution Planner (seed form) and "
+        "ExecutionBroker.",
         version="0.1.0",
         lifespan=lifespan,
         docs_url=None,
@@ -102,10 +105,24 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(uws_router)
     app.include_router(planner_router)
     app.include_router(broker_router)
+    if config.esap_prefix:
+        app.include_router(esap_router(config.esap_prefix))
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(GatewayError, answer)
     app.add_middleware(CompressDocuments)
     app.add_middleware(BodyLimit, limit=config.max_body)
+    if config.cors_origins:
+        # browsers on these origins (ESAP's GUI) may call with credentials; preflights are
+        # answered before anything else runs
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+            expose_headers=["Location"],
+            max_age=600,
+        )
     return app
 
 

@@ -153,6 +153,12 @@ class Authenticator:
         return f"{subject}@{(self._issuer or 'oidc').rstrip('/')}"
 
 
+def job_token(request: Request) -> str | None:
+    """The job token of a call-back (`Authorization: Token ...`, django-uws's scheme), if sent."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    return credential.strip() if scheme == "Token" else None
+
+
 async def current_user(request: Request) -> Identity:
     """FastAPI dependency: the authenticated caller (before any body is read)."""
     authenticator: Authenticator = request.app.state.authenticator

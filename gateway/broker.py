@@ -312,7 +312,7 @@ class Broker:
 
     async def _accept(self, owner: str, session_id: str, stored: StoredSession) -> None:
         parameters = _job_parameters(stored.document, stored.facility)
-        job, _token = await self.service.create(owner, parameters)
+        job = await self.service.create(owner, parameters)
         await self.service.run(job)
         self.offers.accept(session_id, job.job_id)
 

@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     results TEXT NOT NULL DEFAULT '[]',
     flow_run_id TEXT,
     token_hash TEXT,
+    reported_phase TEXT,
+    reported_error TEXT,
     json_head TEXT,
     json_tail TEXT,
     xml_head TEXT,
@@ -56,6 +58,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     job_id TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_offerset ON sessions (offerset, rank);
+CREATE TABLE IF NOT EXISTS job_numbers (n INTEGER PRIMARY KEY AUTOINCREMENT);
 """
 
 

@@ -39,6 +39,21 @@ class JobParameters(BaseXmlModel, tag="parameters", ns="uws", nsmap=NSMAP):
     parameter: list[Parameter] = element(tag="parameter", default_factory=list)
 
 
+ESAP_NS = "urn:esap-prefect:uws"
+
+
+class CallBackInfo(BaseXmlModel, tag="jobInfo", ns="uws", nsmap={**NSMAP, "esap": ESAP_NS}):
+    """What the job's own call-backs last reported (django-uws's PHASE words as UWS phases)."""
+
+    reported_phase: str = element(tag="reportedPhase", ns="esap")
+
+
+class JobDocument(JobSummary[JobParameters]):
+    """`uws:job` with the call-back's report in `uws:jobInfo` (which takes any element)."""
+
+    job_info: CallBackInfo | None = element(tag="jobInfo", ns="uws", default=None)  # type: ignore[assignment]
+
+
 def _parameters(job: JobRecord) -> JobParameters:
     return JobParameters(parameter=[Parameter(id=k, value=v) for k, v in job.parameters.items()])
 
@@ -61,7 +76,7 @@ def _error(job: JobRecord) -> ErrorSummary | None:
 
 def job_xml(job: JobRecord) -> bytes:
     """The `uws:job` document."""
-    document = JobSummary[JobParameters](
+    document = JobDocument(
         job_id=job.job_id,
         run_id=job.run_id,
         owner_id=job.owner,
@@ -74,6 +89,9 @@ def job_xml(job: JobRecord) -> bytes:
         parameters=_parameters(job),
         results=_results(job),
         error_summary=_error(job),
+        job_info=None
+        if job.reported_phase is None
+        else CallBackInfo(reported_phase=job.reported_phase.value),
     )
     return _xml(document)
 
@@ -117,7 +135,7 @@ JOBS_OPEN = _EMPTY_LIST[:-2] + ">"
 JOBS_CLOSE = "</uws:jobs>"
 
 ListFormat = Literal["json", "xml"]
-RENDERING = 2
+RENDERING = 3
 """Raise it whenever `list_entry` renders differently: kept entries are then rendered anew."""
 
 
@@ -183,12 +201,21 @@ def utc_text(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
+def json_id(job_id: str) -> int | str:
+    """The job id as django-uws writes it: a number (ids from before numbering stay text)."""
+    number = job_id.isascii() and job_id.isdigit() and len(job_id) < 19
+    return int(job_id) if number and str(int(job_id)) == job_id else job_id
+
+
 def job_json(job: JobRecord, base_url: str) -> dict[str, Any]:
-    """The job in django-uws's field names (ESAP's GUI reads these)."""
+    """The job in django-uws's field names (ESAP's GUI reads these).
+
+    `reportedPhase` is what the job's own call-backs last said (the flow run decides `phase`).
+    """
     error = _error(job)
     return {
         "url": f"{base_url}/uws/jobs/{job.job_id}/",
-        "jobId": job.job_id,
+        "jobId": json_id(job.job_id),
         "runId": job.run_id,
         "ownerId": job.owner,
         "phase": job.phase.value,
@@ -198,7 +225,8 @@ def job_json(job: JobRecord, base_url: str) -> dict[str, Any]:
         "endTime": utc_text(job.end_time),
         "executionDuration": job.execution_duration,
         "destruction": utc_text(job.destruction),
-        "errorSummary": None if error is None else error.message,
+        "errorSummary": job.reported_error if error is None else error.message,
+        "reportedPhase": None if job.reported_phase is None else job.reported_phase.value,
         "parameters": [
             {"key": k, "value": v, "byReference": False, "isPost": True}
             for k, v in job.parameters.items()

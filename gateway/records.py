@@ -55,6 +55,8 @@ class JobRecord(BaseModel):
     results: list[Result]
     flow_run_id: str | None
     token_hash: str | None
+    reported_phase: UWSPhase | None = None
+    reported_error: str | None = None
 
 
 class JobUpdate(BaseModel):
@@ -76,6 +78,8 @@ class JobUpdate(BaseModel):
     results: list[Result] | None = None
     flow_run_id: str | None = None
     token_hash: str | None = None
+    reported_phase: UWSPhase | None = None
+    reported_error: Annotated[str, _text(4096)] | None = None
 
     def changes(self) -> dict[str, Any]:
         """The fields this update sets, with their values (None included when set)."""

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from gateway.auth import Identity, current_user
+from gateway.auth import Identity, current_user, job_token
 from gateway.bodies import json_body
 from gateway.documents import (
     ListFormat,
@@ -136,9 +136,7 @@ async def create_job(request: Request, user: User) -> Response:
     if phase is not None and phase.upper() != "RUN":
         raise InvalidRequest("PHASE at creation can only be RUN")
     service = _service(request)
-    job, _token = await service.create(
-        user.user, {k: v for k, v in fields.items() if k.upper() != "PHASE"}
-    )
+    job = await service.create(user.user, {k: v for k, v in fields.items() if k.upper() != "PHASE"})
     if phase is not None:
         job = await service.run(job)
     return _see(request, f"/uws/jobs/{job.job_id}", job)
@@ -149,13 +147,15 @@ async def create_job(request: Request, user: User) -> Response:
 async def get_job(
     request: Request,
     job_id: str,
-    user: User,
     WAIT: Annotated[float | None, Query(ge=-1, allow_inf_nan=False)] = None,
     PHASE: str | None = None,
 ) -> Response:
-    """The job; with WAIT=seconds (-1: as long as allowed) block while it stays in its phase."""
+    """The job; with WAIT=seconds (-1: as long as allowed) block while it stays in its phase.
+
+    A running job's payload may read it with its token (`Authorization: Token ...`).
+    """
     service = _service(request)
-    job = service.owned(job_id, user.user)
+    job = await service.visible(job_id, request)
     if WAIT is not None:
         watched = phases([PHASE])[0] if PHASE else None
         job = await service.wait(job, WAIT, watched)
@@ -200,7 +200,7 @@ async def get_phase(request: Request, job_id: str, user: User) -> str:
 async def post_phase(request: Request, job_id: str) -> Response:
     """PHASE=RUN or ABORT (the owner); EXECUTING, COMPLETE, ERROR (a job's call-back token)."""
     service = _service(request)
-    token = _job_token(request)
+    token = job_token(request)
     if token is not None:
         job = service.called_back(job_id, token)
         job = service.report(job, one(await read_fields(request), "PHASE") or "")
@@ -214,12 +214,6 @@ async def post_phase(request: Request, job_id: str) -> Response:
         else:
             raise InvalidRequest("PHASE must be RUN or ABORT")
     return _see(request, f"/uws/jobs/{job_id}", job)
-
-
-def _job_token(request: Request) -> str | None:
-    """The job token of a call-back (`Authorization: Token ...`), if that is what was sent."""
-    header = request.headers.get("authorization", "")
-    return header.removeprefix("Token ").strip() if header.startswith("Token ") else None
 
 
 @router.get("/jobs/{job_id}/executionduration", response_class=PlainTextResponse)
@@ -315,9 +309,29 @@ async def get_results(request: Request, job_id: str, user: User) -> Response:
 async def post_results(request: Request, job_id: str) -> Response:
     """A running job's call-back adds results `[{key, value, size, mimeType}]` (django-uws)."""
     service = _service(request)
-    job = service.called_back(job_id, _job_token(request))
+    job = service.called_back(job_id, job_token(request))
     job = service.add_results(job, results(await json_body(request), len(job.results)))
     return JSONResponse(job_json(job, _base(request)), status_code=201)
+
+
+@router.get("/jobs/{job_id}/logs", summary="A job's logs")
+@router.get("/jobs/{job_id}/logs/", include_in_schema=False)
+async def get_logs(
+    request: Request,
+    job_id: str,
+    user: User,
+    since: str | None = None,
+    job: Annotated[str | None, Query(max_length=128)] = None,
+) -> JSONResponse:
+    """Flow-run log lines after `since` and the tails of the payload jobs' stdout and stderr.
+
+    Poll with `since` set to the last answer's `next_since`; `job` names one payload job.
+    """
+    service = _service(request)
+    found = service.owned(job_id, user.user)
+    return JSONResponse(
+        await service.logs(found, timestamp(since, "since") if since else None, job)
+    )
 
 
 @router.get("/jobs/{job_id}/results/{index}", summary="A result file")

@@ -19,19 +19,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from fastapi import Request
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import State, StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling
 
 from blocks.registry import BlockNames, block_names
+from core.callbacks import callback_block
 from core.params import ParameterError
-from core.states import ABORTABLE_PHASES, ACTIVE_PHASES, FINAL_PHASES, UWSPhase
+from core.states import ABORTABLE_PHASES, ACTIVE_PHASES, UWSPhase
+from gateway.auth import current_user, job_token
 from gateway.errors import Forbidden, InvalidRequest, InvalidTransition, NotFound, Unavailable
+from gateway.logs import job_logs
 from gateway.records import JobRecord, JobUpdate, Result
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
-from gateway.workflows import job_parameters
+from gateway.workflows import job_parameters, run_tags
 
 CALLBACK_PHASES = {
     "EXECUTING": UWSPhase.EXECUTING,
@@ -81,6 +86,13 @@ class JobService:
             raise Forbidden(f"job {job_id} belongs to another user")
         return job
 
+    async def visible(self, job_id: str, request: Request) -> JobRecord:
+        """The job for whoever asks: its owner (bearer), or its running payload (job token)."""
+        token = job_token(request)
+        if token is not None:
+            return self.called_back(job_id, token)
+        return self.owned(job_id, (await current_user(request)).user)
+
     async def wait(self, job: JobRecord, seconds: float, phase: UWSPhase | None) -> JobRecord:
         """Block until the job leaves `phase` (default: its current active phase) or timeout."""
         watched = phase or job.phase
@@ -91,6 +103,12 @@ class JobService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), limit)
         return self.store.get(job.job_id) or job
+
+    async def logs(
+        self, job: JobRecord, since: datetime | None, only: str | None
+    ) -> dict[str, Any]:
+        """The job's flow-run log lines after `since` and its payload jobs' log tails."""
+        return await job_logs(self.client, job, since, only)
 
     def result_file(self, job: JobRecord, index: int) -> Path:
         """The local file behind result `index` of a job; NotFound unless the archive holds it."""
@@ -119,18 +137,18 @@ class JobService:
         if event is not None:
             event.set()
 
-    async def create(self, owner: str, given: Mapping[str, str]) -> tuple[JobRecord, str]:
-        """A PENDING job (its workflow and parameters checked) and its one-time job token."""
+    async def create(self, owner: str, given: Mapping[str, str]) -> JobRecord:
+        """A PENDING job, its workflow and parameters checked (its token comes with RUN)."""
         try:
-            workflow, parameters = job_parameters(given)
+            checked = job_parameters(given)
         except ParameterError as exc:
             raise InvalidRequest(str(exc)) from None
+        workflow, parameters = checked.workflow, checked.parameters
         await self._check_names(parameters)
-        token = secrets.token_hex(20)
         created = now()
         run_id = next((v for k, v in given.items() if k.lower() == "runid"), None)
         job = JobRecord(
-            job_id=uuid.uuid4().hex,
+            job_id=self.store.new_job_id(),
             owner=owner,
             workflow=workflow.name,
             run_id=run_id,
@@ -146,10 +164,10 @@ class JobService:
             error_message=None,
             results=[],
             flow_run_id=None,
-            token_hash=token_hash(token),
+            token_hash=None,
         )
         self.store.insert(job)
-        return job, token
+        return job
 
     async def _check_names(self, parameters: Mapping[str, Any]) -> None:
         """InvalidRequest for a facility or store no block has (read again on a miss).
@@ -195,20 +213,51 @@ class JobService:
         from flows.registry import WORKFLOWS
 
         deployment = await self._deployment_id(WORKFLOWS[job.workflow].deployment)
+        token = await self._give_token(job)
         try:
             flow_run = await self.client.create_flow_run_from_deployment(
                 deployment,
                 parameters=job.flow_parameters,
-                tags=["uws"],
+                tags=["uws", callback_block(job.job_id), *run_tags(job.parameters)],
                 idempotency_key=f"uws-{job.job_id}",
             )
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code != 409:
-                raise
-            # Prefect checks parameters against the deployment's schema once more
-            detail = exc.response.json().get("detail", str(exc))
-            raise InvalidRequest(f"Prefect refused the parameters: {detail}") from None
-        return self.change(job, JobUpdate(phase=UWSPhase.QUEUED, flow_run_id=str(flow_run.id)))
+        except BaseException as exc:
+            await self._drop_token(job)
+            if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 409:
+                # Prefect checks parameters against the deployment's schema once more
+                detail = exc.response.json().get("detail", str(exc))
+                raise InvalidRequest(f"Prefect refused the parameters: {detail}") from None
+            raise
+        return self.change(
+            job,
+            JobUpdate(
+                phase=UWSPhase.QUEUED, flow_run_id=str(flow_run.id), token_hash=token_hash(token)
+            ),
+        )
+
+    async def _give_token(self, job: JobRecord) -> str:
+        """A new job token (40 hex digits, as django-uws's), kept for the job's payloads.
+
+        Prefect keeps it in a Secret block (shown masked); the gateway keeps its hash.
+        """
+        token = secrets.token_hex(20)
+        value = {"url": self.settings.uws_app_url, "job_id": job.job_id, "token": token}
+        await Secret(value=value).asave(callback_block(job.job_id), overwrite=True)
+        return token
+
+    async def _drop_token(self, job: JobRecord) -> None:
+        """Delete the job's call-back Secret block: its token dies with the final phase."""
+        with contextlib.suppress(ObjectNotFound):
+            found = await self.client.read_block_document_by_name(
+                callback_block(job.job_id), block_type_slug="secret"
+            )
+            await self.client.delete_block_document(found.id)
+
+    async def finish(self, job: JobRecord, update: JobUpdate) -> JobRecord:
+        """Apply an update that makes the job final, and spend its token."""
+        changed = self.change(job, update | JobUpdate(token_hash=None))
+        await self._drop_token(job)
+        return changed
 
     async def abort(self, job: JobRecord, reason: str = "aborted by the user") -> JobRecord:
         """Cancel the flow run (its facility jobs are cancelled by the flow's hook): ABORTED."""
@@ -221,7 +270,7 @@ class JobService:
                     Cancelling() if run.state.type is StateType.RUNNING else Cancelled()
                 )
                 await self.client.set_flow_run_state(run.id, state, force=True)
-        return self.change(job, ended(UWSPhase.ABORTED, error_message=reason))
+        return await self.finish(job, ended(UWSPhase.ABORTED, error_message=reason))
 
     async def delete(self, job: JobRecord) -> None:
         """Abort the job if it still runs, then forget it."""
@@ -242,20 +291,47 @@ class JobService:
         """Change when the job is destroyed."""
         return self.change(job, JobUpdate(destruction=when.replace(microsecond=0)))
 
-    async def set_parameters(self, job: JobRecord, given: Mapping[str, str]) -> JobRecord:
-        """Add or change parameters of a PENDING job; the whole set is checked again."""
+    async def set_parameters(
+        self, job: JobRecord, given: Mapping[str, str], *, replace: bool = False
+    ) -> JobRecord:
+        """Add or change (or with `replace`, set anew) parameters of a PENDING job.
+
+        The whole set is checked again; the workflow stays unless the new set names another.
+        """
         if job.phase != UWSPhase.PENDING:
             raise InvalidTransition(f"job {job.job_id} is {job.phase.value}; parameters are fixed")
-        merged = {**job.parameters, **given}
+        merged = dict(given) if replace else {**job.parameters, **given}
         merged["workflow"] = merged.get("workflow") or job.workflow
         try:
-            workflow, parameters = job_parameters(merged)
+            checked = job_parameters(merged)
         except ParameterError as exc:
             raise InvalidRequest(str(exc)) from None
+        await self._check_names(checked.parameters)
         return self.change(
             job,
-            JobUpdate(parameters=merged, flow_parameters=parameters, workflow=workflow.name),
+            JobUpdate(
+                parameters=merged,
+                flow_parameters=checked.parameters,
+                workflow=checked.workflow.name,
+            ),
         )
+
+    async def amend(self, job: JobRecord, changes: Mapping[str, Any], replace: bool) -> JobRecord:
+        """The owner's PUT or PATCH of a django-uws job (fields from `uws_input.job_changes`).
+
+        errorSummary is the job's own to set; the owner may only send back what it shows.
+        """
+        if changes.get("errorSummary") not in (None, "", job.reported_error):
+            raise Forbidden("errorSummary is set by the job's own call-back (its job token)")
+        if "parameters" in changes:
+            job = await self.set_parameters(job, changes["parameters"], replace=replace)
+        if "executionDuration" in changes:
+            job = self.set_execution_duration(job, changes["executionDuration"])
+        if "destruction" in changes:
+            job = self.set_destruction(job, changes["destruction"])
+        if "runId" in changes:
+            job = self.change(job, JobUpdate(run_id=changes["runId"]))
+        return job
 
     # ---- call-backs from inside a job (django-uws)
 
@@ -269,16 +345,23 @@ class JobService:
         return job
 
     def report(self, job: JobRecord, word: str) -> JobRecord:
-        """A call-back's phase (EXECUTING, COMPLETE, ERROR); final phases spend the token."""
+        """A call-back's phase (EXECUTING, COMPLETE, ERROR), recorded as `reported_phase`.
+
+        The flow run decides when the job is final; a reported ERROR makes its end an error
+        even if the flow run completes (see `gateway.sync`).
+        """
         phase = CALLBACK_PHASES.get(word.upper())
         if phase is None:
             raise InvalidRequest(f"a call-back sets PHASE to {', '.join(CALLBACK_PHASES)}")
-        if job.phase in FINAL_PHASES:
-            raise InvalidTransition(f"job {job.job_id} is already {job.phase.value}")
-        if phase in FINAL_PHASES:
-            return self.change(job, ended(phase))
-        return self.change(job, JobUpdate(phase=phase, start_time=now()))
+        return self.change(job, JobUpdate(reported_phase=phase))
+
+    def report_error(self, job: JobRecord, summary: str) -> JobRecord:
+        """A call-back's errorSummary (django-uws's client PATCHes it before PHASE=ERROR)."""
+        try:
+            return self.change(job, JobUpdate(reported_error=summary))
+        except ValueError:
+            raise InvalidRequest("errorSummary must be printable text of at most 4096") from None
 
     def add_results(self, job: JobRecord, results: list[Result]) -> JobRecord:
-        """Results a running job reports (django-uws), kept with the others."""
+        """Results a running job reports (django-uws), kept with the archived ones at the end."""
         return self.change(job, JobUpdate(results=[*job.results, *results]))

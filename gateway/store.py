@@ -45,6 +45,7 @@ def _row(row: sqlite3.Row) -> JobRecord:
         **{
             **data,
             "phase": UWSPhase(data["phase"]),
+            "reported_phase": data["reported_phase"] and UWSPhase(data["reported_phase"]),
             "parameters": json.loads(data["parameters"]),
             "flow_parameters": json.loads(data["flow_parameters"]),
             "results": [Result.model_construct(**r) for r in json.loads(data["results"])],
@@ -89,13 +90,13 @@ class JobStore:
     def _render_again(self) -> None:
         """Kept list entries rendered by another version of the documents: render them anew.
 
-        Databases from before entries were kept get the columns first.
+        Databases from before a column was added get it first (all added ones are TEXT).
         """
         if self._db.version >= RENDERING:
             return
         columns = {r["name"] for r in self._db.rows("PRAGMA table_info(jobs)")}
         with self._db.transaction() as db:
-            for name in ListEntry._fields:
+            for name in (*JobRecord.model_fields, *ListEntry._fields):
                 if name not in columns:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
             for row in db.execute("SELECT * FROM jobs").fetchall():
@@ -148,9 +149,10 @@ class JobStore:
         phases: Iterable[UWSPhase] = (),
         after: datetime | None = None,
         last: int | None = None,
+        offset: int = 0,
     ) -> list[JobRecord]:
         """The owner's jobs, newest first; ARCHIVED ones only when asked for by phase."""
-        where, args = _listed(owner, phases, after, last)
+        where, args = _listed(owner, phases, after, last, offset)
         return [_row(r) for r in self._db.rows(f"SELECT * FROM jobs {where}", args)]
 
     def entries(
@@ -161,9 +163,10 @@ class JobStore:
         phases: Iterable[UWSPhase] = (),
         after: datetime | None = None,
         last: int | None = None,
+        offset: int = 0,
     ) -> list[str]:
         """The job-list entries of what `find` would return, with `base_url` in their links."""
-        where, args = _listed(owner, phases, after, last)
+        where, args = _listed(owner, phases, after, last, offset)
         sql = f"SELECT {form}_head || ? || {form}_tail FROM jobs {where}"
         return self._db.column(sql, [base_text(base_url, form), *args])
 
@@ -175,13 +178,14 @@ class JobStore:
         phases: Iterable[UWSPhase] = (),
         after: datetime | None = None,
         last: int | None = None,
+        offset: int = 0,
     ) -> JobList:
         """The job-list document; the same one again until one of the owner's jobs changes."""
         wanted = tuple(sorted({UWSPhase(p) for p in phases}, key=lambda p: p.value))
-        key = (owner, form, base_url, wanted, after, last)
+        key = (owner, form, base_url, wanted, after, last, offset)
         with self._lock:
             if (document := self._lists.get(key)) is None:
-                entries = self.entries(form, base_url, owner, wanted, after, last)
+                entries = self.entries(form, base_url, owner, wanted, after, last, offset)
                 document = self._lists[key] = JobList(jobs_document(entries, form))
                 while (
                     sum(len(d.body) for d in self._lists.values()) > LIST_CACHE_BYTES
@@ -190,6 +194,16 @@ class JobStore:
                     self._lists.popitem(last=False)
             self._lists.move_to_end(key)
             return document
+
+    def count(self, owner: str, phases: Iterable[UWSPhase] = ()) -> int:
+        """How many jobs `find` would return without a limit."""
+        where, args = _listed(owner, phases, None, None)
+        return int(self._db.rows(f"SELECT count(*) FROM jobs {where}", args)[0][0])
+
+    def new_job_id(self) -> str:
+        """The next job number, as django-uws numbers jobs (never reused)."""
+        with self._db.transaction() as db:
+            return str(db.execute("INSERT INTO job_numbers DEFAULT VALUES").lastrowid)
 
     def active(self) -> list[JobRecord]:
         """Jobs whose flow run may still change."""
@@ -204,7 +218,11 @@ class JobStore:
 
 
 def _listed(
-    owner: str, phases: Iterable[UWSPhase], after: datetime | None, last: int | None
+    owner: str,
+    phases: Iterable[UWSPhase],
+    after: datetime | None,
+    last: int | None,
+    offset: int = 0,
 ) -> tuple[str, list[Any]]:
     """The WHERE, ORDER and LIMIT of a job list: newest first, ARCHIVED only when asked for."""
     wanted = [p.value for p in phases]
@@ -220,9 +238,9 @@ def _listed(
         sql += " AND creation_time > ?"
         args.append(_value(after))
     sql += " ORDER BY creation_time DESC, rowid DESC"
-    if last is not None:
-        sql += " LIMIT ?"
-        args.append(last)
+    if last is not None or offset:
+        sql += " LIMIT ? OFFSET ?"
+        args += [-1 if last is None else last, offset]
     return sql, args
 
 

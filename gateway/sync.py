@@ -84,9 +84,12 @@ class PhaseSync:
                         self.service.change(job, update)
         if finished:
             results = await self._results(finished)
-            for run_id, (job, update) in finished.items():
-                with self._isolated(job, "record its end"):
-                    self.service.change(job, update | JobUpdate(results=results.get(run_id, [])))
+            for run_id, (seen, update) in finished.items():
+                with self._isolated(seen, "record its end"):
+                    job = self.store.get(seen.job_id) or seen  # call-backs may have added results
+                    kept = [r for r in job.results if r.location is None]
+                    archived = JobUpdate(results=[*results.get(run_id, []), *kept])
+                    await self.service.finish(job, _reported(job, update) | archived)
         await self.expire()
 
     @contextlib.contextmanager
@@ -153,6 +156,19 @@ def _vanished() -> JobUpdate:
         UWSPhase.ERROR,
         error_type="fatal",
         error_message="the Prefect flow run of this job was deleted",
+    )
+
+
+def _reported(job: JobRecord, update: JobUpdate) -> JobUpdate:
+    """The end of a job whose payload reported ERROR: ERROR, even if the flow run completed.
+
+    The payload knows best that its work failed; its errorSummary becomes the job's.
+    """
+    if job.reported_phase is not UWSPhase.ERROR or update.phase is not UWSPhase.COMPLETED:
+        return update
+    message = job.reported_error or "the job reported ERROR through its call-back"
+    return update | JobUpdate(
+        phase=UWSPhase.ERROR, error_type="fatal", error_message=public_message(message)
     )
 
 

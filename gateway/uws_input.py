@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import Request
 
-from core.params import check_text
+from core.params import ParameterError, check_text, printable
 from core.states import UWSPhase
 from core.units import MAX_SECONDS
 from gateway.bodies import json_body, media_type
@@ -34,17 +34,60 @@ async def read_fields(request: Request) -> dict[str, str]:
         body = await json_body(request)
         if not isinstance(body, dict):
             raise InvalidRequest("the JSON body must be an object")
-        items = body.get("parameters") or []
-        if not isinstance(items, list):
-            raise InvalidRequest("parameters must be a list of {key, value} objects")
         fields = {k: _text(v) for k, v in body.items() if k != "parameters" and v is not None}
-        for item in items:
-            if not isinstance(item, dict) or "key" not in item:
-                raise InvalidRequest("each of parameters must be an object with key and value")
-            fields[_text(item["key"])] = _text(item.get("value", ""))
-        return fields
+        return fields | _parameter_list(body.get("parameters") or [])
     form = await request.form()
     return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+CHANGEABLE = ("runId", "parameters", "executionDuration", "destruction", "errorSummary")
+"""Fields of a django-uws job that PUT or PATCH may set."""
+READ_ONLY = ("url", "jobId", "ownerId", "phase", "quote", "creationTime", "startTime",
+             "endTime", "results", "reportedPhase", "jobToken")  # fmt: skip
+"""Fields shown with a job that a PUT of the job as read gives back, and DRF ignores."""
+
+
+async def job_changes(request: Request) -> dict[str, Any]:
+    """The fields a PUT or PATCH sets (JSON or form), checked; 400 naming a wrong one."""
+    if media_type(request) == "application/json":
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidRequest("the JSON body must be an object")
+    else:
+        body = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    fields = {name.lower(): name for name in CHANGEABLE}
+    ignored = {name.lower() for name in READ_ONLY}
+    changes: dict[str, Any] = {}
+    for key, value in body.items():
+        name = fields.get(str(key).lower())
+        if name is None:
+            if str(key).lower() in ignored:
+                continue
+            raise InvalidRequest(
+                f"{printable(str(key))[:64]!r} is not a field of a job that can be changed; "
+                f"changeable: {', '.join(CHANGEABLE)}"
+            )
+        if value is None:
+            continue  # null, as a job is read back when a field has no value: left as it is
+        if name == "parameters":
+            changes[name] = _parameter_list(value)
+        elif name == "executionDuration":
+            changes[name] = seconds(_text(value), name)
+        elif name == "destruction":
+            changes[name] = timestamp(_text(value), name)
+        else:
+            try:
+                changes[name] = check_text(_text(value), name)
+            except ParameterError as exc:
+                raise InvalidRequest(str(exc)) from None
+    return changes
+
+
+def _parameter_list(value: Any) -> dict[str, str]:
+    """django-uws's `[{key, value}]` as a dict of text."""
+    if not isinstance(value, list) or not all(isinstance(i, dict) and "key" in i for i in value):
+        raise InvalidRequest("parameters must be a list of {key, value} objects")
+    return {_text(i["key"]): _text(i.get("value", "")) for i in value}
 
 
 def phases(values: list[str]) -> list[UWSPhase]:

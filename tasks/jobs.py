@@ -13,7 +13,11 @@ from typing import cast
 from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
 
@@ -24,6 +28,10 @@ from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
 from core.states import JobState
 from tasks.keys import artifact_key
 from tasks.retry import unless_fatal
+
+PAYLOAD_JOBS = "payload-jobs"
+"""Artifact key part of the table of a run's payload jobs (the gateway reads their logs)."""
+LISTED = 1000
 
 
 class JobsTimedOut(TimeoutError):
@@ -40,6 +48,12 @@ class JobsTimedOut(TimeoutError):
 def submit_jobs(facility: FacilityBlock, specs: Sequence[JobSpec] | JobArray) -> list[JobRef]:
     """Submit a batch or a job array; a retry finds jobs already submitted, never doubles them."""
     refs = facility.submit_array(specs) if isinstance(specs, JobArray) else facility.submit(specs)
+    create_table_artifact(
+        key=artifact_key(PAYLOAD_JOBS),
+        table=[{"facility": r.facility, "name": r.name, "job_id": r.job_id} for r in refs[:LISTED]],
+        description=f"{len(refs)} payload job(s) on facility {facility.facility_name}"
+        + (f" (the first {LISTED} listed)" if len(refs) > LISTED else ""),
+    )
     shown = ", ".join(
         r.name if r.job_id == r.name else f"{r.name} (id {r.job_id})" for r in refs[:SHOWN]
     )

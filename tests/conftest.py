@@ -195,7 +195,8 @@ def issuer(vo: VoService) -> Issuer:
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[Gateway]:
     """One whole `esap-prefect up` stack (server, worker, gateway) for the gateway tests."""
-    from tests.stack import running_stack
+    from tests.stack import ESAP_ORIGIN, running_stack
 
-    with running_stack(tmp_path_factory.mktemp("gateway-home"), issuer) as gateway:
+    home = tmp_path_factory.mktemp("gateway-home")
+    with running_stack(home, issuer, ESAP_GATEWAY_CORS_ORIGINS=ESAP_ORIGIN) as gateway:
         yield gateway

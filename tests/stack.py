@@ -27,6 +27,7 @@ from deployments.processes import free_port
 from tests.servers.vo import VoService
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
+ESAP_ORIGIN = "https://esap.example.org"  # the browser origin the session's stack allows
 
 
 class Gateway:

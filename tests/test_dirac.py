@@ -146,6 +146,8 @@ def test_shell_metacharacters_reach_the_payload_as_plain_text() -> None:
         {"executable": 'x"y'},
         {"output_sandbox": ["a;b"]},
         {"job_group": "g[1]"},
+        {"job_name": "n\n"},
+        {"job_group": "g\n"},
     ],
 )
 def test_hostile_attribute_values_are_refused(fields: dict[str, Any]) -> None:

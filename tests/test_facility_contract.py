@@ -21,6 +21,7 @@ from diracx.core.models import ScalarSearchOperator
 
 from blocks import ApptainerFacility, DiracFacility, DockerFacility, LocalFacility
 from blocks.facility import FacilityBlock
+from core.backoff import wait_until
 from core.errors import JobRefused
 from core.jobs import JobOutputs, JobRef, JobSpec
 from core.states import JobState
@@ -285,3 +286,28 @@ def test_only_regular_files_inside_the_job_folder_come_back(
     assert set(found.refused) == refused, found.refused
     for path in (tmp_path / "out").rglob("*"):
         assert path.is_symlink() or not path.is_file() or SECRET not in path.read_text()
+
+
+def test_logs_show_a_job_as_it_runs_and_stay_after_it_ends(subject: Subject) -> None:
+    script = "echo started $GREETING && echo warned >&2 && sleep 4 && echo finished"
+    refs = subject.facility.submit(
+        [subject.spec(subject.name("logs"), script, env={"GREETING": "with its environment"})]
+    )
+    if subject.sim is None:  # DIRAC shows statuses while a job runs, its logs once done
+        [running] = wait_until(
+            lambda: subject.facility.logs(refs), lambda s: "started" in s[0].stdout, 60
+        )
+        assert "started with its environment" in running.stdout
+        assert "finished" not in running.stdout
+    [status] = settle(subject.facility, refs, 120)
+    assert status.state is JobState.COMPLETED, status
+    [ended] = subject.facility.logs(refs)
+    assert ended.ref == refs[0]
+    assert "started with its environment" in ended.stdout and "finished" in ended.stdout
+    assert "warned" in ended.stderr
+    if subject.sim is not None:
+        assert ended.detail.startswith("Done; Execution Complete")
+    assert subject.facility.logs(refs, limit=9)[0].stdout == "finished\n", "the end is kept"
+    unknown = JobRef(facility=subject.facility.facility_name, job_id="999999998", name="nobody")
+    [lost] = subject.facility.logs([unknown])
+    assert (lost.stdout, lost.stderr) == ("", "")

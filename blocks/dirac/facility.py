@@ -5,9 +5,11 @@ Everything goes through `diracx-client`; one `jobs.search` answers a poll of any
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -30,15 +32,27 @@ from blocks.dirac.connection import (
     translated,
 )
 from blocks.dirac.jdl import JobDescription
-from blocks.facility import FacilityBlock
+from blocks.facility import LOG_TAIL, FacilityBlock
 from core.errors import FatalError, JobRefused
-from core.files import write_json, write_secret_file
+from core.files import read_tail, write_json, write_secret_file
 from core.job_folder import UnsafeFile, scan_outputs
-from core.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
+from core.jobs import (
+    InputFile,
+    JobArray,
+    JobLog,
+    JobOutputs,
+    JobRef,
+    JobSpec,
+    JobStatus,
+    OutputFile,
+)
 from core.settings import home
 from core.states import JobState, from_dirac
 from core.units import Duration, Memory
 
+ENV_SCRIPT = "esap-env.sh"
+"""The job's environment travels in its input sandbox: JDL is readable by many, and DIRAC
+has no secret environment. The job runs `/bin/sh esap-env.sh <executable> <arguments>`."""
 MAX_PER_CALL = 20
 MAX_PER_PAGE = 10000
 SANDBOX_LOGS = ("std.out", "std.err")
@@ -66,6 +80,7 @@ class DiracFacility(FacilityBlock):
     _description = "Runs ESAP payload jobs on the DIRAC grid through DiracX."
 
     kind: ClassVar[str] = "dirac"
+    runtime_engine: ClassVar[str] = "DIRAC"
     url: str | None = Field(default=None, description="DiracX URL; default $DIRACX_URL.")
     credentials_path: Path | None = Field(
         default=None, description="DiracX credentials file; default $DIRACX_CREDENTIALS_PATH."
@@ -161,15 +176,18 @@ class DiracFacility(FacilityBlock):
         self, spec: JobSpec, sandbox: str | None, parameters: list[str] | None = None
     ) -> JobDescription:
         group_dir = spec.group or "ungrouped"
+        executable, arguments = spec.executable, spec.arguments
+        if spec.env:
+            executable, arguments = "/bin/sh", [ENV_SCRIPT, executable, *arguments]
         return JobDescription(
-            executable=spec.executable,
-            arguments=spec.arguments,
+            executable=executable,
+            arguments=arguments,
             job_name=spec.name,
             job_group=spec.group,
             input_sandbox=[sandbox] if sandbox else [],
             output_sandbox=["std.out", "std.err", *spec.outputs],
-            output_data=[f"LFN:{self._lfn(group_dir, spec.name, f)}" for f in spec.output_data],
-            output_se=self.output_se if spec.output_data else None,
+            output_data=[f"LFN:{self._lfn(spec, group_dir, f)}" for f in spec.output_data],
+            output_se=(spec.output_se or self.output_se) if spec.output_data else None,
             cpu_time=self.walltime_of(spec),
             site=self.sites,
             banned_sites=self.banned_sites,
@@ -181,10 +199,15 @@ class DiracFacility(FacilityBlock):
             parameters=parameters,
         )
 
-    def _lfn(self, group: str, name: str, path: str) -> str:
-        if not self.output_path:
-            raise FatalError(f"facility {self.facility_name} has no output_path for output data")
-        return f"{self.output_path.rstrip('/')}/{group}/{name}/{Path(path).name}"
+    def _lfn(self, spec: JobSpec, group: str, path: str) -> str:
+        """Where an output-data file goes: <output path>/<group>/<job name>/<file name>."""
+        directory = spec.output_path or self.output_path
+        if not directory:
+            raise FatalError(
+                f"job {spec.name} has output data but neither it nor facility "
+                f"{self.facility_name} names an output_path"
+            )
+        return f"{directory.rstrip('/')}/{group}/{spec.name}/{Path(path).name}"
 
     def _existing(self, client: Any, names: Iterable[str]) -> dict[str, str]:
         """Job ids of jobs already submitted under these names (look before submitting)."""
@@ -218,7 +241,7 @@ class DiracFacility(FacilityBlock):
             todo = [s for s in specs if s.name not in ids]
             sandboxes: dict[str, str] = {}
             jdls = [
-                self._jdl_for(s, self._upload_inputs(prefs, s.inputs, sandboxes)).render()
+                self._jdl_for(s, self._upload_inputs(prefs, _sandboxed(s), sandboxes)).render()
                 for s in todo
             ]
             for start in range(0, len(todo), MAX_PER_CALL):
@@ -240,7 +263,7 @@ class DiracFacility(FacilityBlock):
             if ids:
                 missing = [s for s in specs if s.name not in ids]
                 return self._merge(ids, self.submit(missing) if missing else [], specs)
-            sandbox = self._upload_inputs(prefs, array.template.inputs, {})
+            sandbox = self._upload_inputs(prefs, _sandboxed(array.template), {})
             for start in range(0, len(array.values), MAX_PER_CALL):
                 chunk = array.values[start : start + MAX_PER_CALL]
                 jdl = self._jdl_for(array.template, sandbox, parameters=chunk).render()
@@ -261,7 +284,7 @@ class DiracFacility(FacilityBlock):
     def _record(self, refs: Sequence[JobRef], specs: Sequence[JobSpec]) -> None:
         """Note each job's outputs, LFNs and spec digest (DiracX 0.7 cannot return the JDL)."""
         for ref, spec in zip(refs, specs, strict=True):
-            lfns = [self._lfn(spec.group or "ungrouped", spec.name, f) for f in spec.output_data]
+            lfns = [self._lfn(spec, spec.group or "ungrouped", f) for f in spec.output_data]
             record = {"outputs": spec.outputs, "lfns": lfns, "spec": _digest(spec)}
             write_json(self._records() / f"{ref.job_id}.json", record)
 
@@ -303,17 +326,47 @@ class DiracFacility(FacilityBlock):
             return []
         with sync_client(self._prefs(), "poll jobs") as client:
             rows = self._search_ids(client, [int(r.job_id) for r in refs if r.job_id.isdigit()])
-        statuses = []
-        for ref in refs:
-            row = rows.get(int(ref.job_id)) if ref.job_id.isdigit() else None
-            if row is None:
-                statuses.append(self.lost(ref))
-                continue
-            detail = "; ".join(
-                str(row.get(k) or "") for k in ("Status", "MinorStatus", "ApplicationStatus")
-            )
-            statuses.append(JobStatus(ref=ref, state=from_dirac(row["Status"]), detail=detail))
-        return statuses
+        return [self._status(ref, rows) for ref in refs]
+
+    def _status(self, ref: JobRef, rows: dict[int, dict[str, Any]]) -> JobStatus:
+        """A job's status from its search row: state, and status; minor; application status."""
+        row = rows.get(int(ref.job_id)) if ref.job_id.isdigit() else None
+        if row is None:
+            return self.lost(ref)
+        detail = "; ".join(
+            str(row.get(k) or "") for k in ("Status", "MinorStatus", "ApplicationStatus")
+        )
+        return JobStatus(ref=ref, state=from_dirac(row["Status"]), detail=detail)
+
+    def logs(self, refs: Sequence[JobRef], limit: int = LOG_TAIL) -> list[JobLog]:
+        """DIRAC's statuses while jobs run; std.out and std.err of the output sandbox once done.
+
+        A sandbox is downloaded once per job, into the facility's records.
+        """
+        if not refs:
+            return []
+        prefs = self._prefs()
+        found = []
+        with sync_client(prefs, "read job logs") as client:
+            rows = self._search_ids(client, [int(r.job_id) for r in refs if r.job_id.isdigit()])
+            for ref in refs:
+                status = self._status(ref, rows)
+                folder = self._records() / f"{ref.job_id}.sandbox"
+                known = ref.job_id.isdigit() and int(ref.job_id) in rows
+                if status.state.is_final and known and not folder.exists():
+                    pfns = client.jobs.get_job_sandboxes(int(ref.job_id)).get("Output") or []
+                    if pfns:
+                        with contextlib.suppress(UnsafeFile):
+                            self._download(prefs, [str(p) for p in pfns], folder, ref)
+                found.append(
+                    JobLog(
+                        ref=ref,
+                        stdout=read_tail(folder / "std.out", limit),
+                        stderr=read_tail(folder / "std.err", limit),
+                        detail=status.detail,
+                    )
+                )
+        return found
 
     # -- outputs, cancel, reschedule --------------------------------------------------------------
 
@@ -448,6 +501,15 @@ class DiracFacility(FacilityBlock):
                 f"{json.dumps(failed, default=str)[:300]}"
             )
         return statuses
+
+
+def _sandboxed(spec: JobSpec) -> list[InputFile]:
+    """The job's input files, and its environment as a script that exports it and runs it."""
+    if not spec.env:
+        return list(spec.inputs)
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in spec.env.items()]
+    script = "\n".join(["# esap-prefect: the job's environment", *lines, 'exec "$@"', ""])
+    return [*spec.inputs, InputFile(name=ENV_SCRIPT, content=script)]
 
 
 def _digest(spec: JobSpec) -> str:

@@ -74,7 +74,7 @@ class JobDescription(BaseModel):
     @model_validator(mode="after")
     def _names(self) -> Self:
         for value, what in ((self.job_name, "JobName"), (self.job_group, "JobGroup")):
-            if value is not None and not _NAME.match(value):
+            if value is not None and not _NAME.fullmatch(value):
                 raise ValueError(f"{what} {value!r} must be letters, digits, '.', '_', '%' or '-'")
         return self
 

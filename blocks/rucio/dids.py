@@ -41,7 +41,7 @@ class Did(BaseModel):
         scope, sep, name = value.partition(":")
         if not sep:
             scope, name = default_scope, value
-        if not _SCOPE.match(scope) or not name or ":" in name or any(c.isspace() for c in name):
+        if not _SCOPE.fullmatch(scope) or not name or ":" in name or any(c.isspace() for c in name):
             raise FatalError(f"{text!r} is not a data identifier; write scope:name")
         return cls(scope=scope, name=name)
 
