@@ -1,7 +1,9 @@
 """Gateway benchmark: create, get and list UWS jobs with 10,000 stored, vs django-uws, one run.
 
 Both are single processes on loopback (uvicorn; gunicorn with one sync worker, as a Django
-app is deployed), both on SQLite with bearer tokens; the same client drives both.
+app is deployed), both on SQLite with bearer tokens; the same client drives both. ESAP's
+pages (50 a page, a random page each time) are read from our ESAP mount and from django-uws
+with ESAP's global pagination (a second gunicorn, the same database).
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from tests.servers.venvs import server_venv  # noqa: E402
 
 STORED = int(os.environ.get("BENCH_JOBS", "10000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "4"))
-COUNTS = {"create": 400, "get": 1000, "list 10,000": 100, "list LAST=50": 400}
+COUNTS = {
+    "create": 400,
+    "get": 1000,
+    "list 10,000": 100,
+    "list LAST=50": 400,
+    "ESAP page of 50": 400,
+}
 IDENTITY = {"Accept-Encoding": "identity"}
 SLOW = {("list 10,000", "django-uws"): 10}  # about 30 s per list
 
@@ -47,7 +55,7 @@ def seed_ours(path: Path, owner: str) -> list[str]:
     now = datetime.now(UTC).replace(microsecond=0)
     ids = []
     for i in range(STORED):
-        job_id = f"{i:032x}"
+        job_id = store.new_job_id()
         store.insert(
             JobRecord(
                 job_id=job_id,
@@ -99,7 +107,7 @@ def main() -> None:
     from deployments.stack import EmbeddedStack
 
     results: dict[str, dict[str, tuple[float, float, float]]] = {}
-    port, gateway_port, django_port = free_port(), free_port(), free_port()
+    port, gateway_port, django_port, paged_port = (free_port() for _ in range(4))
     ids = seed_ours(HOME / "gateway.db", getpass.getuser())
     stack = EmbeddedStack(HOME, port=port, gateway_port=gateway_port)
     django_dir = Path(tempfile.mkdtemp(prefix="django-uws-"))
@@ -119,18 +127,24 @@ def main() -> None:
          "esap_uws_site.wsgi"],
         django_dir / "gunicorn.log", env,
     )  # fmt: skip
+    paged = spawn(
+        [str(bin_dir / "gunicorn"), "-b", f"127.0.0.1:{paged_port}", "-w", "1",
+         "esap_uws_site.wsgi"],
+        django_dir / "gunicorn-paged.log", {**env, "DJANGO_UWS_PAGINATED": "1"},
+    )  # fmt: skip
     try:
         with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
             os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
             stack.start()
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{django_port}/uws/jobs/1/")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and django.poll() is None, "django-uws is down"
-                time.sleep(0.2)
+        for server, at in ((django, django_port), (paged, paged_port)):
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{at}/uws/jobs/1/")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and server.poll() is None, "django is down"
+                    time.sleep(0.2)
         token = (HOME / "token").read_text().strip()
         ours = httpx.Client(
             base_url=f"http://127.0.0.1:{gateway_port}",
@@ -144,6 +158,17 @@ def main() -> None:
             timeout=120,
             limits=httpx.Limits(max_connections=CONCURRENCY),
         )
+        theirs_paged = httpx.Client(
+            base_url=f"http://127.0.0.1:{paged_port}",
+            headers={"Authorization": f"Bearer {django_token}", "Accept": "*/*"},
+            timeout=120,
+            limits=httpx.Limits(max_connections=CONCURRENCY),
+        )
+        pages = STORED // 50
+
+        def page() -> dict[str, int]:
+            return {"page": random.randint(1, pages)}
+
         first_id = int(first)
         distinct = itertools.count()
         calls: dict[str, dict[str, Callable[[], httpx.Response]]] = {
@@ -178,6 +203,10 @@ def main() -> None:
             "list LAST=50": {
                 "esap-prefect": lambda: ours.get("/uws/jobs", params={"LAST": 50}),
             },
+            "ESAP page of 50": {
+                "esap-prefect": lambda: ours.get("/esap-api/uws/jobs/", params=page()),
+                "django-uws": lambda: theirs_paged.get("/esap-api/uws/jobs/", params=page()),
+            },
         }
         for operation, contenders in calls.items():
             for name, call in contenders.items():
@@ -185,6 +214,7 @@ def main() -> None:
                 results.setdefault(operation, {})[name] = measure(call, count)
     finally:
         stop_group(django)
+        stop_group(paged)
         stack.stop()
     print(
         f"UWS gateway vs django-uws: {STORED:,} jobs stored, {CONCURRENCY} concurrent clients,"

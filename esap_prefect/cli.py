@@ -491,11 +491,16 @@ def up(
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
+    from gateway.settings import GatewaySettings
+
+    prefix = GatewaySettings().esap_prefix
     with _stack(host, port, gateway_port) as stack:
+        esap = f"  ESAP:        {stack.gateway_url}{prefix}/uws/jobs/\n" if prefix else ""
         typer.echo(
             f"esap-prefect is up.\n  Prefect UI:  {stack.ui_url}\n"
             f"  Prefect API: {stack.api_url}\n"
             f"  gateway:     {stack.gateway_url}  (UWS at /uws/jobs, token: esap-prefect token)\n"
+            f"{esap}"
             f"  home:        {home()}\n"
             "Press Ctrl-C to stop."
         )

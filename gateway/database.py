@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     xml_tail TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, creation_time);
+CREATE INDEX IF NOT EXISTS jobs_owner_phase ON jobs (owner, phase);
 CREATE INDEX IF NOT EXISTS jobs_phase ON jobs (phase);
 CREATE INDEX IF NOT EXISTS jobs_destruction ON jobs (destruction);
 CREATE TABLE IF NOT EXISTS offersets (

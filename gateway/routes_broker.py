@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from gateway.app_state import base_url
 from gateway.auth import current_user
 from gateway.bodies import YAML_TYPES, media_type, parse_json, parse_yaml
 from gateway.broker import Broker
@@ -61,7 +62,7 @@ async def offerset_post(request: Request) -> JSONResponse:
     """Ask for offers to run an executable (docker or singularity container) with resources."""
     user = await current_user(request)
     body = await _body(request)
-    base = str(request.app.state.settings.base_url)
+    base = base_url(request)
     offers = await _broker(request).offer(user.user, body, base)
     return _document(offers, Location=offers.href)
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from core.params import ParameterError, check_text
+from gateway.app_state import base_url, job_service
 from gateway.auth import current_user, job_token
 from gateway.bodies import json_body
 from gateway.catalogue import facility_entries, workflow_entries
@@ -20,25 +21,15 @@ from gateway.documents import job_json, jobs_document
 from gateway.errors import Forbidden, InvalidRequest
 from gateway.pages import page_of, paged_items, paged_json
 from gateway.records import JobRecord
-from gateway.service import JobService
 from gateway.uws_input import job_changes, one, read_fields, results, timestamp
 
 JSON = "application/json"
 Handler = Callable[..., Any]
 
 
-def _service(request: Request) -> JobService:
-    service: JobService = request.app.state.service
-    return service
-
-
-def _base(request: Request) -> str:
-    return str(request.app.state.settings.base_url)
-
-
 def _mount(request: Request) -> str:
     """The URL of ESAP's mount: job URLs under it are django-uws's."""
-    return f"{_base(request)}{request.app.state.settings.esap_prefix}"
+    return f"{base_url(request)}{request.app.state.settings.esap_prefix}"
 
 
 def _job(request: Request, job: JobRecord, status: int = 200) -> JSONResponse:
@@ -76,10 +67,10 @@ async def api_root(request: Request) -> dict[str, str]:
 async def list_jobs(request: Request) -> Response:
     """The caller's jobs, newest first, `page` by `page` (`page_size` 50, at most 500)."""
     user = await current_user(request)
-    store = _service(request).store
+    store = job_service(request).store
     page = page_of(request, store.count(user.user))
     entries = store.entries("json", _mount(request), user.user, last=page.size, offset=page.offset)
-    body = paged_json(request, _base(request), page, "UWS jobs", jobs_document(entries, "json"))
+    body = paged_json(request, base_url(request), page, "UWS jobs", jobs_document(entries, "json"))
     return Response(body, media_type=JSON)
 
 
@@ -91,7 +82,7 @@ async def create_job(request: Request) -> Response:
     phase = one(fields, "PHASE")
     if phase is not None and phase.upper() != "RUN":
         raise InvalidRequest("PHASE at creation can only be RUN")
-    service = _service(request)
+    service = job_service(request)
     job = await service.create(user.user, {k: v for k, v in fields.items() if k.upper() != "PHASE"})
     if phase is not None:
         job = await service.run(job)
@@ -101,7 +92,7 @@ async def create_job(request: Request) -> Response:
 @_route("/uws/jobs/{job_id}", ["GET"], "A job")
 async def get_job(request: Request, job_id: str) -> Response:
     """The job, for its owner or its running payload (`Authorization: Token ...`)."""
-    return _job(request, await _service(request).visible(job_id, request))
+    return _job(request, await job_service(request).visible(job_id, request))
 
 
 @_route("/uws/jobs/{job_id}", ["PUT", "PATCH"], "Change a job")
@@ -111,7 +102,7 @@ async def change_job(request: Request, job_id: str) -> Response:
     A job token: errorSummary only (django-uws's `fail_job`). PUT replaces the
     parameters, PATCH adds to them.
     """
-    service = _service(request)
+    service = job_service(request)
     changes = await job_changes(request)
     token = job_token(request)
     if token is not None:
@@ -129,7 +120,7 @@ async def change_job(request: Request, job_id: str) -> Response:
 @_route("/uws/jobs/{job_id}", ["DELETE"], "Delete a job", status_code=204)
 async def delete_job(request: Request, job_id: str) -> Response:
     """Abort the job if it runs, and forget it (204, as DRF answers)."""
-    service = _service(request)
+    service = job_service(request)
     await service.delete(service.owned(job_id, (await current_user(request)).user))
     return Response(status_code=204)
 
@@ -137,7 +128,7 @@ async def delete_job(request: Request, job_id: str) -> Response:
 @_route("/uws/jobs/{job_id}/phase", ["POST"], "Change a job's phase", status_code=303)
 async def post_phase(request: Request, job_id: str) -> Response:
     """RUN or ABORT (the owner); EXECUTING, COMPLETE, ERROR (the job's token): a 303."""
-    service = _service(request)
+    service = job_service(request)
     token = job_token(request)
     wanted = (one(await read_fields(request), "PHASE") or "").upper()
     if token is not None:
@@ -156,7 +147,7 @@ async def post_phase(request: Request, job_id: str) -> Response:
 @_route("/uws/jobs/{job_id}/results", ["POST"], "Add results (call-back)", status_code=201)
 async def post_results(request: Request, job_id: str) -> Response:
     """A running job adds results `[{key, value, size, mimeType}]` with its token."""
-    service = _service(request)
+    service = job_service(request)
     job = service.called_back(job_id, job_token(request))
     body = await json_body(request)
     return _job(request, service.add_results(job, results(body, len(job.results))), 201)
@@ -165,7 +156,7 @@ async def post_results(request: Request, job_id: str) -> Response:
 @_route("/uws/jobs/{job_id}/logs", ["GET"], "A job's logs")
 async def get_logs(request: Request, job_id: str) -> dict[str, Any]:
     """Flow-run log lines after `since`, the payload jobs' log tails (`job`: one of them)."""
-    service = _service(request)
+    service = job_service(request)
     job = service.owned(job_id, (await current_user(request)).user)
     since = request.query_params.get("since")
     only = request.query_params.get("job")
@@ -179,16 +170,16 @@ async def search_workflows(request: Request) -> dict[str, Any]:
     """Workflows deployed in Prefect whose name, description or tags hold `keyword`."""
     await current_user(request)
     keyword = await _keyword(request)
-    entries = await workflow_entries(_service(request).client, keyword)
-    return paged_items(request, _base(request), entries, "Workflows", lambda e: e)
+    entries = await workflow_entries(job_service(request).client, keyword)
+    return paged_items(request, base_url(request), entries, "Workflows", lambda e: e)
 
 
 @_route("/batch/facilities/search", ["GET"], "ESAP's facility catalogue")
 async def search_facilities(request: Request) -> dict[str, Any]:
     """Facilities saved as blocks whose name, description, type or task types hold `keyword`."""
     await current_user(request)
-    entries = await facility_entries(_base(request), await _keyword(request))
-    return paged_items(request, _base(request), entries, "Facilities", lambda e: e)
+    entries = await facility_entries(base_url(request), await _keyword(request))
+    return paged_items(request, base_url(request), entries, "Facilities", lambda e: e)
 
 
 def esap_router(prefix: str) -> APIRouter:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from blocks.registry import list_facilities
 from core.errors import UnknownBlockError
 from core.params import describe
+from gateway.app_state import base_url
 from gateway.auth import current_user
 from gateway.bodies import json_body
 from gateway.errors import InvalidRequest, Unavailable
@@ -60,4 +61,4 @@ async def plan(request: Request) -> PlanResponse:
     except UnknownBlockError as exc:
         raise Unavailable(str(exc)) from None
     answer = match(task, capabilities)
-    return _with_endpoints(answer, str(request.app.state.settings.base_url))
+    return _with_endpoints(answer, base_url(request))

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
+from gateway.app_state import base_url, job_service
 from gateway.auth import Identity, current_user, job_token
 from gateway.bodies import json_body
 from gateway.documents import (
@@ -23,7 +24,6 @@ from gateway.documents import (
 )
 from gateway.errors import InvalidRequest
 from gateway.records import JobRecord
-from gateway.service import JobService
 from gateway.uws_input import one, phases, read_fields, results, seconds, timestamp
 
 router = APIRouter(prefix="/uws", tags=["UWS"])
@@ -59,15 +59,6 @@ MAX_RESULTS = 1000
 MAX_LAST = 2**31 - 1
 
 
-def _service(request: Request) -> JobService:
-    service: JobService = request.app.state.service
-    return service
-
-
-def _base(request: Request) -> str:
-    return str(request.app.state.settings.base_url)
-
-
 def _wants_json(request: Request) -> bool:
     content = request.headers.get("content-type", "")
     accept = request.headers.get("accept", "")
@@ -76,16 +67,16 @@ def _wants_json(request: Request) -> bool:
 
 def _job(request: Request, job: JobRecord, status: int = 200) -> Response:
     if _wants_json(request):
-        return JSONResponse(job_json(job, _base(request)), status_code=status)
+        return JSONResponse(job_json(job, base_url(request)), status_code=status)
     return Response(job_xml(job), status_code=status, media_type=XML)
 
 
 def _see(request: Request, path: str, job: JobRecord | None = None) -> Response:
     """303 See Other to `path`; django-uws clients also get the job in the body."""
-    location = f"{_base(request)}{path}"
+    location = f"{base_url(request)}{path}"
     if job is not None and _wants_json(request):
         return JSONResponse(
-            job_json(job, _base(request)), status_code=303, headers={"Location": location}
+            job_json(job, base_url(request)), status_code=303, headers={"Location": location}
         )
     return Response(status_code=303, headers={"Location": location})
 
@@ -110,8 +101,8 @@ async def list_jobs(
     """The caller's jobs, newest first, filtered by PHASE (repeatable), AFTER and LAST."""
     after = timestamp(AFTER, "AFTER") if AFTER else None
     form: ListFormat = "json" if _wants_json(request) else "xml"
-    store = _service(request).store
-    jobs = store.listing(form, _base(request), user.user, phases(PHASE or []), after, LAST)
+    store = job_service(request).store
+    jobs = store.listing(form, base_url(request), user.user, phases(PHASE or []), after, LAST)
     headers = {"Vary": "Accept-Encoding"}
     # the same test as Starlette's GZipMiddleware, which compresses the other answers
     if "gzip" in request.headers.get("accept-encoding", ""):
@@ -135,7 +126,7 @@ async def create_job(request: Request, user: User) -> Response:
     phase = one(fields, "PHASE")
     if phase is not None and phase.upper() != "RUN":
         raise InvalidRequest("PHASE at creation can only be RUN")
-    service = _service(request)
+    service = job_service(request)
     job = await service.create(user.user, {k: v for k, v in fields.items() if k.upper() != "PHASE"})
     if phase is not None:
         job = await service.run(job)
@@ -154,7 +145,7 @@ async def get_job(
 
     A running job's payload may read it with its token (`Authorization: Token ...`).
     """
-    service = _service(request)
+    service = job_service(request)
     job = await service.visible(job_id, request)
     if WAIT is not None:
         watched = phases([PHASE])[0] if PHASE else None
@@ -166,7 +157,7 @@ async def get_job(
 @router.delete("/jobs/{job_id}/", include_in_schema=False)
 async def delete_job(request: Request, job_id: str, user: User) -> Response:
     """Abort the job if it runs, forget it, and send the client to the job list."""
-    service = _service(request)
+    service = job_service(request)
     await service.delete(service.owned(job_id, user.user))
     return _see(request, "/uws/jobs")
 
@@ -180,7 +171,7 @@ async def delete_job(request: Request, job_id: str, user: User) -> Response:
 @router.post("/jobs/{job_id}/", include_in_schema=False)
 async def post_job(request: Request, job_id: str, user: User) -> Response:
     """ACTION=DELETE deletes the job (for clients that cannot send DELETE)."""
-    service = _service(request)
+    service = job_service(request)
     job = service.owned(job_id, user.user)
     if (one(await read_fields(request), "ACTION") or "").upper() != "DELETE":
         raise InvalidRequest("the only action on a job is ACTION=DELETE")
@@ -192,14 +183,14 @@ async def post_job(request: Request, job_id: str, user: User) -> Response:
 @router.get("/jobs/{job_id}/phase/", include_in_schema=False)
 async def get_phase(request: Request, job_id: str, user: User) -> str:
     """The phase, as text."""
-    return _service(request).owned(job_id, user.user).phase.value
+    return job_service(request).owned(job_id, user.user).phase.value
 
 
 @router.post("/jobs/{job_id}/phase", status_code=303, openapi_extra=PHASES)
 @router.post("/jobs/{job_id}/phase/", include_in_schema=False)
 async def post_phase(request: Request, job_id: str) -> Response:
     """PHASE=RUN or ABORT (the owner); EXECUTING, COMPLETE, ERROR (a job's call-back token)."""
-    service = _service(request)
+    service = job_service(request)
     token = job_token(request)
     if token is not None:
         job = service.called_back(job_id, token)
@@ -219,7 +210,7 @@ async def post_phase(request: Request, job_id: str) -> Response:
 @router.get("/jobs/{job_id}/executionduration", response_class=PlainTextResponse)
 async def get_duration(request: Request, job_id: str, user: User) -> str:
     """Allowed wall time in seconds (0: unlimited)."""
-    return str(_service(request).owned(job_id, user.user).execution_duration)
+    return str(job_service(request).owned(job_id, user.user).execution_duration)
 
 
 @router.post(
@@ -229,7 +220,7 @@ async def get_duration(request: Request, job_id: str, user: User) -> str:
 )
 async def post_duration(request: Request, job_id: str, user: User) -> Response:
     """EXECUTIONDURATION=seconds, before the job runs."""
-    service = _service(request)
+    service = job_service(request)
     job = service.owned(job_id, user.user)
     service.set_execution_duration(
         job, seconds(one(await read_fields(request), "EXECUTIONDURATION"), "EXECUTIONDURATION")
@@ -240,7 +231,7 @@ async def post_duration(request: Request, job_id: str, user: User) -> Response:
 @router.get("/jobs/{job_id}/destruction", response_class=PlainTextResponse)
 async def get_destruction(request: Request, job_id: str, user: User) -> str:
     """When the job will be destroyed (ISO 8601)."""
-    return utc_text(_service(request).owned(job_id, user.user).destruction) or ""
+    return utc_text(job_service(request).owned(job_id, user.user).destruction) or ""
 
 
 @router.post(
@@ -250,7 +241,7 @@ async def get_destruction(request: Request, job_id: str, user: User) -> str:
 )
 async def post_destruction(request: Request, job_id: str, user: User) -> Response:
     """DESTRUCTION=time."""
-    service = _service(request)
+    service = job_service(request)
     job = service.owned(job_id, user.user)
     service.set_destruction(
         job, timestamp(one(await read_fields(request), "DESTRUCTION") or "", "DESTRUCTION")
@@ -261,35 +252,35 @@ async def post_destruction(request: Request, job_id: str, user: User) -> Respons
 @router.get("/jobs/{job_id}/error", response_class=PlainTextResponse)
 async def get_error(request: Request, job_id: str, user: User) -> str:
     """The error message of a failed or aborted job (empty otherwise)."""
-    return _service(request).owned(job_id, user.user).error_message or ""
+    return job_service(request).owned(job_id, user.user).error_message or ""
 
 
 @router.get("/jobs/{job_id}/quote", response_class=PlainTextResponse)
 async def get_quote(request: Request, job_id: str, user: User) -> str:
     """No quote is given (empty)."""
-    _service(request).owned(job_id, user.user)
+    job_service(request).owned(job_id, user.user)
     return ""
 
 
 @router.get("/jobs/{job_id}/owner", response_class=PlainTextResponse)
 async def get_owner(request: Request, job_id: str, user: User) -> str:
     """The job's owner."""
-    return _service(request).owned(job_id, user.user).owner
+    return job_service(request).owned(job_id, user.user).owner
 
 
 @router.get("/jobs/{job_id}/parameters")
 async def get_parameters(request: Request, job_id: str, user: User) -> Response:
     """The job's parameters."""
-    job = _service(request).owned(job_id, user.user)
+    job = job_service(request).owned(job_id, user.user)
     if _wants_json(request):
-        return JSONResponse(job_json(job, _base(request))["parameters"])
+        return JSONResponse(job_json(job, base_url(request))["parameters"])
     return Response(parameters_xml(job), media_type=XML)
 
 
 @router.post("/jobs/{job_id}/parameters", status_code=303, openapi_extra=PARAMETERS)
 async def post_parameters(request: Request, job_id: str, user: User) -> Response:
     """Add or change parameters of a PENDING job."""
-    service = _service(request)
+    service = job_service(request)
     job = await service.set_parameters(service.owned(job_id, user.user), await read_fields(request))
     return _see(request, f"/uws/jobs/{job_id}", job)
 
@@ -298,9 +289,9 @@ async def post_parameters(request: Request, job_id: str, user: User) -> Response
 @router.get("/jobs/{job_id}/results/", include_in_schema=False)
 async def get_results(request: Request, job_id: str, user: User) -> Response:
     """The job's results: archived outputs with size and mime type."""
-    job = _service(request).owned(job_id, user.user)
+    job = job_service(request).owned(job_id, user.user)
     if _wants_json(request):
-        return JSONResponse(job_json(job, _base(request))["results"])
+        return JSONResponse(job_json(job, base_url(request))["results"])
     return Response(results_xml(job), media_type=XML)
 
 
@@ -308,10 +299,10 @@ async def get_results(request: Request, job_id: str, user: User) -> Response:
 @router.post("/jobs/{job_id}/results/", include_in_schema=False)
 async def post_results(request: Request, job_id: str) -> Response:
     """A running job's call-back adds results `[{key, value, size, mimeType}]` (django-uws)."""
-    service = _service(request)
+    service = job_service(request)
     job = service.called_back(job_id, job_token(request))
     job = service.add_results(job, results(await json_body(request), len(job.results)))
-    return JSONResponse(job_json(job, _base(request)), status_code=201)
+    return JSONResponse(job_json(job, base_url(request)), status_code=201)
 
 
 @router.get("/jobs/{job_id}/logs", summary="A job's logs")
@@ -327,7 +318,7 @@ async def get_logs(
 
     Poll with `since` set to the last answer's `next_since`; `job` names one payload job.
     """
-    service = _service(request)
+    service = job_service(request)
     found = service.owned(job_id, user.user)
     return JSONResponse(
         await service.logs(found, timestamp(since, "since") if since else None, job)
@@ -337,7 +328,7 @@ async def get_logs(
 @router.get("/jobs/{job_id}/results/{index}", summary="A result file")
 async def get_result_file(request: Request, job_id: str, index: int, user: User) -> FileResponse:
     """A result kept in the local archive, served to the job's owner."""
-    service = _service(request)
+    service = job_service(request)
     job = service.owned(job_id, user.user)
     path = service.result_file(job, index)
     return FileResponse(path, media_type=job.results[index].mime_type, filename=path.name)

@@ -58,11 +58,15 @@ class GridSimulator:
         """Pilots move sandboxes with the job owner's delegated credentials."""
         return DiracxPreferences(url=self.url, credentials_path=self.owner_credentials)
 
-    def _jdl(self, job_id: int) -> Any:
+    def jdl_text(self, job_id: int) -> str:
+        """The JDL as DiracX stored it for the job."""
         path = self.job_db_url.split(":///", 1)[1]
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             row = db.execute("SELECT JDL FROM JobJDLs WHERE JobID = ?", (job_id,)).fetchone()
-        return parse(extractJDL(row[0]))
+        return str(extractJDL(row[0]))
+
+    def _jdl(self, job_id: int) -> Any:
+        return parse(self.jdl_text(job_id))
 
     @staticmethod
     def _steps(

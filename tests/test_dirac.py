@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import tarfile
 import threading
 import time
@@ -170,6 +171,38 @@ def test_one_job_runs_and_its_outputs_come_back(
     assert [f.name for f in outputs.files] == ["single-0/out.json"]
     assert json.loads(outputs.files[0].path.read_text()) == {"who": "esap", "run": "42"}
     assert outputs.stdout is not None and outputs.stdout.read_text() == "ran 42\n"
+
+
+def test_environment_travels_in_the_sandbox_never_in_the_jdl(
+    grid: tuple[DiracFacility, GridSimulator], pilot: GridSimulator, tmp_path: Path
+) -> None:
+    facility, sim = grid
+    token = secrets.token_hex(20)
+    spec = JobSpec(
+        name="env-0",
+        executable="sh",
+        arguments=["-c", "echo $ESAP_UWS_JOB_TOKEN > out.txt && echo $WHO"],
+        env={"ESAP_UWS_JOB_TOKEN": token, "WHO": 'it\'s $(esap) & "co"'},
+        outputs=["out.txt"],
+        output_data=["big.dat"],
+        output_se="CC-IN2P3-USER",
+        output_path="/vo.cta.in2p3.fr/user/e/esap/",
+    )
+    refs = facility.submit([spec])
+    jdl = sim.jdl_text(int(refs[0].job_id))
+    assert token not in jdl, jdl
+    assert 'Arguments = "esap-env.sh sh' in jdl
+    assert 'OutputSE = "CC-IN2P3-USER"' in jdl
+    assert '"LFN:/vo.cta.in2p3.fr/user/e/esap/' in jdl and "/env-0/big.dat" in jdl
+    assert "LFN:/cta/user" not in jdl, "the spec's path wins over the facility's"
+    [status] = wait_final(facility, refs, timeout=120)
+    assert status.state is JobState.COMPLETED, status
+    [outputs] = facility.fetch(refs, tmp_path)
+    [found] = [f.path for f in outputs.files if f.name.endswith("out.txt")]
+    assert found.read_text() == f"{token}\n", "the payload saw its environment"
+    assert outputs.stdout is not None
+    assert outputs.stdout.read_text() == 'it\'s $(esap) & "co"\n', "values stay plain text"
+    assert token not in outputs.stdout.read_text()
 
 
 def test_a_thousand_jobs_go_in_calls_of_twenty_and_are_polled_in_one(

@@ -2,6 +2,7 @@
 
 ESAP's gateway authenticates with OIDC sessions; a DRF token with the Bearer keyword costs the
 same per request as our gateway's token check, so the comparison is of the UWS apps.
+DJANGO_UWS_PAGINATED=1 adds ESAP's global pagination, as under `esap-api/uws/`.
 """
 
 import os
@@ -27,5 +28,7 @@ USE_TZ = True
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["esap_uws_site.auth.BearerTokenAuthentication"],
 }
+if os.environ.get("DJANGO_UWS_PAGINATED"):  # as ESAP mounts it: its global pagination
+    REST_FRAMEWORK["DEFAULT_PAGINATION_CLASS"] = "esap_uws_site.pagination.EsapPagination"
 CELERY_TASK_ALWAYS_EAGER = False
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
