@@ -15,13 +15,13 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 from prefect.utilities.callables import ParameterSchema
-from prefect.workers.process import ProcessWorker
 
 from blocks.archive import LocalArchive
 from blocks.catalogue import FACILITY_TYPES, STORE_TYPES
 from blocks.local import LocalFacility
 from blocks.registry import DEFAULT_NAME, block_names
 from flows.registry import LOCAL_POOL, WORKFLOWS
+from workers.warm import WarmWorker
 
 
 class BootstrapError(RuntimeError):
@@ -44,7 +44,7 @@ def ensure_default_blocks() -> None:
 
 
 def ensure_work_pool(name: str = LOCAL_POOL) -> None:
-    """Create the `local` process work pool if it is missing."""
+    """Create the `local` work pool (warm processes) if it is missing."""
     with get_client(sync_client=True) as client:
         with contextlib.suppress(ObjectNotFound):
             client.read_work_pool(name)
@@ -53,9 +53,9 @@ def ensure_work_pool(name: str = LOCAL_POOL) -> None:
             client.create_work_pool(
                 WorkPoolCreate(
                     name=name,
-                    type=ProcessWorker.type,
-                    base_job_template=ProcessWorker.get_default_base_job_template(),
-                    description="esap-prefect: flow runs as local processes",
+                    type=WarmWorker.type,
+                    base_job_template=WarmWorker.get_default_base_job_template(),
+                    description="esap-prefect: flow runs as local processes, forked warm",
                 )
             )
 

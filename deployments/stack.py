@@ -17,6 +17,10 @@ from types import TracebackType
 
 from core.settings import CONSOLE_HANDLERS, stack_file
 from deployments.processes import ProcessError, port_in_use, spawn, stop_group, wait_http_ok
+from workers import WARM_TYPE
+
+WORKER_TYPES = (WARM_TYPE, "process")
+"""Worker types of the local pool: warm forks (the default), or Prefect's process worker."""
 
 
 class StackError(RuntimeError):
@@ -38,8 +42,15 @@ class EmbeddedStack:
         pool: str = "local",
         gateway_port: int | None = 8600,
         report: Callable[[str], None] = lambda _line: None,
+        worker_type: str | None = None,
     ) -> None:
         self.home, self.host, self.port, self.pool = home, host, port, pool
+        self.worker_type = worker_type or os.environ.get("ESAP_PREFECT_WORKER_TYPE", WARM_TYPE)
+        if self.worker_type not in WORKER_TYPES:
+            raise ValueError(
+                f"ESAP_PREFECT_WORKER_TYPE {self.worker_type!r} must be one of "
+                + ", ".join(WORKER_TYPES)
+            )
         self.gateway_port = gateway_port
         self.report = report
         self.logs = home / "logs"
@@ -106,7 +117,7 @@ class EmbeddedStack:
                     apply_deployments()
             with self._step("worker"):
                 self._worker = spawn(
-                    [prefect, "worker", "start", "--pool", self.pool, "--type", "process"],
+                    [prefect, "worker", "start", "--pool", self.pool, "--type", self.worker_type],
                     self.logs / "worker.log",
                     self._env(),
                 )

@@ -78,14 +78,7 @@ async def list_jobs(request: Request) -> Response:
 async def create_job(request: Request) -> Response:
     """A new job from `{runId, parameters: [{key, value}]}` or form fields; PHASE=RUN runs it."""
     user = await current_user(request)
-    fields = await read_fields(request)
-    phase = one(fields, "PHASE")
-    if phase is not None and phase.upper() != "RUN":
-        raise InvalidRequest("PHASE at creation can only be RUN")
-    service = job_service(request)
-    job = await service.create(user.user, {k: v for k, v in fields.items() if k.upper() != "PHASE"})
-    if phase is not None:
-        job = await service.run(job)
+    job = await job_service(request).submit(user.user, await read_fields(request))
     return _see(request, job)
 
 

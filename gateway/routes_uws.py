@@ -123,13 +123,7 @@ async def create_job(request: Request, user: User) -> Response:
     # the planner's offers point at /uws/jobs?facility=NAME
     for key, value in request.query_params.items():
         fields.setdefault(key, value)
-    phase = one(fields, "PHASE")
-    if phase is not None and phase.upper() != "RUN":
-        raise InvalidRequest("PHASE at creation can only be RUN")
-    service = job_service(request)
-    job = await service.create(user.user, {k: v for k, v in fields.items() if k.upper() != "PHASE"})
-    if phase is not None:
-        job = await service.run(job)
+    job = await job_service(request).submit(user.user, fields)
     return _see(request, f"/uws/jobs/{job.job_id}", job)
 
 

@@ -36,6 +36,7 @@ from gateway.logs import job_logs
 from gateway.records import JobRecord, JobUpdate, Result
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
+from gateway.uws_input import one
 from gateway.workflows import job_parameters, run_tags
 
 CALLBACK_PHASES = {
@@ -136,6 +137,14 @@ class JobService:
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()
+
+    async def submit(self, owner: str, fields: Mapping[str, str]) -> JobRecord:
+        """A job from a create request's fields; `PHASE=RUN` among them runs it at once."""
+        phase = one(fields, "PHASE")
+        if phase is not None and phase.upper() != "RUN":
+            raise InvalidRequest("PHASE at creation can only be RUN")
+        job = await self.create(owner, {k: v for k, v in fields.items() if k.upper() != "PHASE"})
+        return job if phase is None else await self.run(job)
 
     async def create(self, owner: str, given: Mapping[str, str]) -> JobRecord:
         """A PENDING job, its workflow and parameters checked (its token comes with RUN)."""

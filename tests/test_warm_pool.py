@@ -1,0 +1,155 @@
+"""The `warm` worker type against the session's Prefect server: a real worker, real forks.
+
+Flows of `tests.warm_flows` are deployed on a pool of type `warm`; the worker is
+`prefect worker start --type warm` (found through the `prefect.collections` entry point).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
+from prefect.deployments.runner import RunnerDeployment
+from prefect.states import Cancelling
+from prefect.types.entrypoint import EntrypointType
+
+from core.backoff import wait_until
+from tests import warm_flows
+from workers.warm import WarmWorker
+
+POOL = "warm-test"
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie has ended: only its parent has not read its status yet
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.fixture(scope="module")
+def warm_worker(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A `warm` worker on its own pool with the test flows deployed; the worker's pid."""
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=POOL,
+                type=WarmWorker.type,
+                base_job_template=WarmWorker.get_default_base_job_template(),
+            ),
+            overwrite=True,
+        )
+    for fn in (warm_flows.report, warm_flows.sleeper, warm_flows.crasher):
+        deployment = cast(
+            RunnerDeployment,
+            fn.to_deployment(
+                name="warm", work_pool_name=POOL, entrypoint_type=EntrypointType.MODULE_PATH
+            ),
+        )
+        deployment.apply()
+    log = tmp_path_factory.mktemp("warm-worker") / "worker.log"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", POOL, "--type", "warm", "--limit", "25"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        ready = wait_until(log.read_text, lambda text: "started!" in text, 120)
+        assert "started!" in ready, ready
+        yield worker.pid
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def _run(name: str, **parameters: Any) -> FlowRun:
+    return cast(
+        FlowRun,
+        run_deployment(f"{name}/warm", parameters=parameters, timeout=0, as_subflow=False),
+    )
+
+
+def _final(run_id: UUID, timeout: float = 120) -> FlowRun:
+    with get_client(sync_client=True) as client:
+        run = wait_until(
+            lambda: client.read_flow_run(run_id),
+            lambda r: r.state is not None and r.state.is_final(),
+            timeout,
+        )
+    assert run.state is not None and run.state.is_final(), run.state
+    return run
+
+
+def test_twenty_runs_at_once_each_fork_their_own_session(
+    warm_worker: int, tmp_path: Path, prefect_api: str
+) -> None:
+    runs = [_run("report", out=str(tmp_path / f"{n}.json")) for n in range(20)]
+    for run in runs:
+        assert _final(run.id).state_type is StateType.COMPLETED
+    seen = [json.loads((tmp_path / f"{n}.json").read_text()) for n in range(20)]
+    assert len({s["pid"] for s in seen}) == 20, "one process per flow run"
+    assert all(s["pgid"] == s["sid"] == s["pid"] for s in seen), "each leads its own group"
+    parents = {s["ppid"] for s in seen}
+    assert len(parents) == 1 and warm_worker not in parents, "forked by the warm parent"
+    assert all(s["api"] == prefect_api for s in seen), "the run's environment reached it"
+
+
+def test_cancelling_a_run_kills_its_process_group_and_runs_its_hook(
+    warm_worker: int, tmp_path: Path
+) -> None:
+    out, hook = tmp_path / "sleeper.json", tmp_path / "hook.txt"
+    run = _run("sleeper", out=str(out), hook=str(hook))
+    wait_until(out.exists, bool, 90)
+    where = json.loads(out.read_text())
+    assert _alive(where["pid"]) and _alive(where["grandchild"])
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Cancelling(), force=True)
+    assert _final(run.id, 90).state_type is StateType.CANCELLED
+    gone = wait_until(lambda: [_alive(where["pid"]), _alive(where["grandchild"])], not_any, 30)
+    assert gone == [False, False], "the run's process and its grandchild died"
+    assert hook.read_text().startswith("cancellation hook ran"), "the hook ran"
+
+
+def not_any(values: list[bool]) -> bool:
+    return not any(values)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+def test_a_child_killed_by_a_signal_crashes_its_flow_run(
+    warm_worker: int, sig: signal.Signals
+) -> None:
+    run = _final(_run("crasher", signal_number=int(sig)).id)
+    assert run.state_type is StateType.CRASHED, run.state
+    assert run.state is not None and str(-int(sig)) in (run.state.message or ""), run.state
+
+
+def test_the_warm_parent_outlives_a_crashed_child(warm_worker: int, tmp_path: Path) -> None:
+    def parent(name: str) -> int:
+        out = tmp_path / name
+        assert _final(_run("report", out=str(out)).id).state_type is StateType.COMPLETED
+        return int(json.loads(out.read_text())["ppid"])
+
+    before = parent("before.json")
+    run = _final(_run("crasher", signal_number=int(signal.SIGKILL)).id)
+    assert run.state_type is StateType.CRASHED
+    assert parent("after.json") == before, "the same warm parent forks the next run"

@@ -1,0 +1,46 @@
+"""Flows the warm-pool tests deploy: each says where it ran, and some end badly on purpose.
+
+Imported by module path in the worker's children (`tests.warm_flows:<flow>`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import Flow, flow
+from prefect.client.schemas.objects import FlowRun, State
+
+
+def _where() -> dict[str, int]:
+    return {"pid": os.getpid(), "pgid": os.getpgid(0), "sid": os.getsid(0), "ppid": os.getppid()}
+
+
+@flow
+def report(out: str) -> None:
+    """Write this run's process ids to `out`."""
+    Path(out).write_text(json.dumps({**_where(), "api": os.environ.get("PREFECT_API_URL")}))
+
+
+def _cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    Path(flow_run.parameters["hook"]).write_text(f"cancellation hook ran ({state.type.value})")
+
+
+@flow(on_cancellation=[_cancelled])
+def sleeper(out: str, hook: str) -> None:
+    """Start a grandchild in the run's process group, say so, and sleep until cancelled."""
+    del hook  # the cancellation hook's
+    child = subprocess.Popen(["sleep", "300"])
+    Path(out).write_text(json.dumps({**_where(), "grandchild": child.pid}))
+    time.sleep(300)
+
+
+@flow
+def crasher(signal_number: int) -> None:
+    """End this process by a signal, as a segfault or the OOM killer would."""
+    os.kill(os.getpid(), signal.Signals(signal_number))
