@@ -144,6 +144,8 @@ class ForkServer:
         self.selector.register(listener, selectors.EVENT_READ, "accept")
         self.selector.register(wake_read, selectors.EVENT_READ, "wake")
         print("ready", flush=True)
+        # nobody reads the pipe after this line: anything printed later must not fill it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         while not stopping:
             for key, _ in self.selector.select():
                 if key.data == "accept":
