@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -506,6 +507,41 @@ def up(
         )
         stopping.wait()
         typer.echo("stopping ...", err=True)
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="Work pool to take flow runs from.")] = "local",
+    limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None,
+) -> None:
+    """Start a worker of the pool's own type here (`prefect worker start`, logs on the terminal).
+
+    The Prefect API is $PREFECT_API_URL, or the `up` running on this home.
+    """
+    if "PREFECT_API_URL" not in os.environ:
+        typer.echo("error: no Prefect API: set PREFECT_API_URL or start esap-prefect up", err=True)
+        raise typer.Exit(2)
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            kind = client.read_work_pool(pool).type
+        except ObjectNotFound:
+            known = ", ".join(sorted(p.name for p in client.read_work_pools())) or "none"
+            typer.echo(f"error: no work pool named {pool!r}; the server has: {known}", err=True)
+            raise typer.Exit(2) from None
+        except httpx.TransportError as exc:
+            api = os.environ["PREFECT_API_URL"]
+            typer.echo(f"error: the Prefect API at {api} does not answer ({exc})", err=True)
+            raise typer.Exit(2) from None
+    for handler in CONSOLE_HANDLERS:  # quiet for commands, not for a worker
+        if os.environ.get(handler) == "CRITICAL":
+            del os.environ[handler]
+    prefect = str(Path(sys.executable).parent / "prefect")
+    command = [prefect, "worker", "start", "--pool", pool, "--type", kind]
+    os.execv(prefect, [*command, *(["--limit", str(limit)] if limit else [])])
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """The `warm` worker type against the session's Prefect server: a real worker, real forks.
 
-Flows of `tests.warm_flows` are deployed on a pool of type `warm`; the worker is
-`prefect worker start --type warm` (found through the `prefect.collections` entry point).
+Flows of `tests.warm_flows` are deployed on a pool of type `warm`; the worker is started as
+operators do, `esap-prefect worker --pool P`, which runs `prefect worker start --type warm`
+(the type found through the `prefect.collections` entry point).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tests import warm_flows
 from workers.warm import WarmWorker
 
 POOL = "warm-test"
-PREFECT = str(Path(sys.executable).parent / "prefect")
+CLI = str(Path(sys.executable).parent / "esap-prefect")
 
 
 def _alive(pid: int) -> bool:
@@ -66,7 +67,7 @@ def warm_worker(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> I
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1"}
     with log.open("wb") as out:
         worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", POOL, "--type", "warm", "--limit", "25"],
+            [CLI, "worker", "--pool", POOL, "--limit", "25"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -74,7 +75,7 @@ def warm_worker(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> I
         )
     try:
         ready = wait_until(log.read_text, lambda text: "started!" in text, 120)
-        assert "started!" in ready, ready
+        assert "warm parent" in ready and "ready at" in ready, ready
         yield worker.pid
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
@@ -153,3 +154,19 @@ def test_the_warm_parent_outlives_a_crashed_child(warm_worker: int, tmp_path: Pa
     run = _final(_run("crasher", signal_number=int(signal.SIGKILL)).id)
     assert run.state_type is StateType.CRASHED
     assert parent("after.json") == before, "the same warm parent forks the next run"
+
+
+def test_a_worker_for_a_pool_that_does_not_exist_says_so(
+    warm_worker: int, prefect_api: str
+) -> None:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    answer = subprocess.run(
+        [CLI, "worker", "--pool", "no-such-pool"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert answer.returncode == 2
+    assert answer.stderr.startswith("error: no work pool named 'no-such-pool'; the server has:")
+    assert POOL in answer.stderr and "Traceback" not in answer.stderr
