@@ -121,20 +121,7 @@ async def delete_job(request: Request, job_id: str) -> Response:
 @_route("/uws/jobs/{job_id}/phase", ["POST"], "Change a job's phase", status_code=303)
 async def post_phase(request: Request, job_id: str) -> Response:
     """RUN or ABORT (the owner); EXECUTING, COMPLETE, ERROR (the job's token): a 303."""
-    service = job_service(request)
-    token = job_token(request)
-    wanted = (one(await read_fields(request), "PHASE") or "").upper()
-    if token is not None:
-        job = service.report(service.called_back(job_id, token), wanted)
-    else:
-        job = service.owned(job_id, (await current_user(request)).user)
-        if wanted == "RUN":
-            job = await service.run(job)
-        elif wanted == "ABORT":
-            job = await service.abort(job)
-        else:
-            raise InvalidRequest("PHASE must be RUN or ABORT")
-    return _see(request, job)
+    return _see(request, await job_service(request).set_phase(job_id, request))
 
 
 @_route("/uws/jobs/{job_id}/results", ["POST"], "Add results (call-back)", status_code=201)

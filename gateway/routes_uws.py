@@ -184,20 +184,7 @@ async def get_phase(request: Request, job_id: str, user: User) -> str:
 @router.post("/jobs/{job_id}/phase/", include_in_schema=False)
 async def post_phase(request: Request, job_id: str) -> Response:
     """PHASE=RUN or ABORT (the owner); EXECUTING, COMPLETE, ERROR (a job's call-back token)."""
-    service = job_service(request)
-    token = job_token(request)
-    if token is not None:
-        job = service.called_back(job_id, token)
-        job = service.report(job, one(await read_fields(request), "PHASE") or "")
-    else:
-        job = service.owned(job_id, (await current_user(request)).user)
-        wanted = (one(await read_fields(request), "PHASE") or "").upper()
-        if wanted == "RUN":
-            job = await service.run(job)
-        elif wanted == "ABORT":
-            job = await service.abort(job)
-        else:
-            raise InvalidRequest("PHASE must be RUN or ABORT")
+    job = await job_service(request).set_phase(job_id, request)
     return _see(request, f"/uws/jobs/{job_id}", job)
 
 

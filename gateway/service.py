@@ -36,7 +36,7 @@ from gateway.logs import job_logs
 from gateway.records import JobRecord, JobUpdate, Result
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
-from gateway.uws_input import one
+from gateway.uws_input import one, read_fields
 from gateway.workflows import job_parameters, run_tags
 
 CALLBACK_PHASES = {
@@ -352,6 +352,23 @@ class JobService:
         if not secrets.compare_digest(job.token_hash, token_hash(token)):
             raise Forbidden("the job token is not valid")
         return job
+
+    async def set_phase(self, job_id: str, request: Request) -> JobRecord:
+        """PHASE posted to a job: RUN or ABORT by its owner, a call-back's with its job token.
+
+        The caller is known before the body is read.
+        """
+        token = job_token(request)
+        if token is not None:
+            job = self.called_back(job_id, token)
+            return self.report(job, one(await read_fields(request), "PHASE") or "")
+        job = self.owned(job_id, (await current_user(request)).user)
+        wanted = (one(await read_fields(request), "PHASE") or "").upper()
+        if wanted == "RUN":
+            return await self.run(job)
+        if wanted == "ABORT":
+            return await self.abort(job)
+        raise InvalidRequest("PHASE must be RUN or ABORT")
 
     def report(self, job: JobRecord, word: str) -> JobRecord:
         """A call-back's phase (EXECUTING, COMPLETE, ERROR), recorded as `reported_phase`.

@@ -200,3 +200,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterato
     home = tmp_path_factory.mktemp("gateway-home")
     with running_stack(home, issuer, ESAP_GATEWAY_CORS_ORIGINS=ESAP_ORIGIN) as gateway:
         yield gateway
+
+
+@pytest.fixture(scope="session")
+def dock(gateway: Gateway, docker_engine: DockerEngine) -> str:
+    """A Docker facility named `dock` saved in the session's stack."""
+    added = gateway.cli("facilities", "add", "docker", "dock", "--url", docker_engine.url,
+                        "--max-cores", "2", "--overwrite")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    return "dock"

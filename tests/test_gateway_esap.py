@@ -75,14 +75,6 @@ def _token(gateway: Gateway, job_id: int) -> tuple[str, str]:
     return value["url"], value["token"]
 
 
-@pytest.fixture(scope="module")
-def dock(gateway: Gateway, docker_engine: Any) -> str:
-    added = gateway.cli("facilities", "add", "docker", "dock", "--url", docker_engine.url,
-                        "--max-cores", "2", "--overwrite")  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    return "dock"
-
-
 def test_esap_lists_jobs_in_its_pages_with_integer_ids(gateway: Gateway, issuer: Issuer) -> None:
     pager = _user(gateway, issuer, "esap-pager")
     ids = [_create(pager, f"page-{n}", workflow="hello-world")["jobId"] for n in range(7)]

@@ -56,15 +56,6 @@ def _wait_phase(client: httpx.Client, job_id: str, phases: set[str], timeout: fl
             return job
 
 
-@pytest.fixture(scope="module")
-def dock(gateway: Gateway, docker_engine: Any) -> str:
-    """A Docker facility saved in the stack."""
-    added = gateway.cli("facilities", "add", "docker", "dock", "--url", docker_engine.url,
-                        "--max-cores", "2", "--overwrite")  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    return "dock"
-
-
 def test_a_container_cannot_read_the_host_through_links_in_its_outputs(
     gateway: Gateway, issuer: Issuer, dock: str
 ) -> None:
