@@ -249,6 +249,13 @@ def execute(
             "env": {**s.env, **env},
         },
     )
+    # noted by name first: a cancel that stops the flow in the middle of submitting still finds
+    # the jobs whose ids are their names (local, Docker, Apptainer); unknown names cancel nothing
+    planned = specs.expand() if isinstance(specs, JobArray) else specs
+    _remember_jobs(
+        chosen.facility_name,
+        [JobRef(facility=chosen.facility_name, job_id=s.name, name=s.name) for s in planned],
+    )
     refs = submit_jobs(chosen, specs)
     _remember_jobs(chosen.facility_name, refs)
     statuses = final_statuses(

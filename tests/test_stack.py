@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from core.backoff import wait_until
 from deployments.processes import free_port
 from tests.stack import launch_up
 
@@ -87,9 +88,14 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         assert flow_run["state_type"] == "COMPLETED"
         assert flow_run["deployment_id"] is not None and "cli" in flow_run["tags"]
         assert flow_run["name"] == "hello-world-1"
-        logs = _logs(api, flow_run_id)
         needs = ("planned uri://executable on facility local", "archived hello-world-",
                  "submitted 1 job(s) to facility local")  # fmt: skip
+        # runs ship their logs in batches: the last may land just after the run's final state
+        logs = wait_until(
+            lambda: _logs(api, flow_run_id),
+            lambda found: all(any(n in line for line in found) for n in needs),
+            30,
+        )
         for needed in needs:
             assert any(needed in line for line in logs), (needed, logs)
         deployed = subprocess.run(

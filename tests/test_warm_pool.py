@@ -7,6 +7,7 @@ operators do, `esap-prefect worker --pool P`, which runs `prefect worker start -
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.deployments.runner import RunnerDeployment
@@ -113,6 +115,16 @@ def test_twenty_runs_at_once_each_fork_their_own_session(
     parents = {s["ppid"] for s in seen}
     assert len(parents) == 1 and warm_worker not in parents, "forked by the warm parent"
     assert all(s["api"] == prefect_api for s in seen), "the run's environment reached it"
+    # each child flushes its logs as an interpreter does at exit: the last line arrives
+    with get_client(sync_client=True) as client:
+        for run, where in zip(runs, seen, strict=True):
+            only = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            lines = wait_until(
+                functools.partial(client.read_logs, only),
+                lambda found: any("reported from process" in line.message for line in found),
+                30,
+            )
+            assert f"reported from process {where['pid']}" in [x.message for x in lines]
 
 
 def test_cancelling_a_run_kills_its_process_group_and_runs_its_hook(

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import Flow, flow
+from prefect import Flow, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun, State
 
 
@@ -23,8 +23,10 @@ def _where() -> dict[str, int]:
 
 @flow
 def report(out: str) -> None:
-    """Write this run's process ids to `out`."""
-    Path(out).write_text(json.dumps({**_where(), "api": os.environ.get("PREFECT_API_URL")}))
+    """Write this run's process ids to `out`, and log them last."""
+    where = {**_where(), "api": os.environ.get("PREFECT_API_URL")}
+    Path(out).write_text(json.dumps(where))
+    get_run_logger().info("reported from process %d", where["pid"])
 
 
 def _cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:

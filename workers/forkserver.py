@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -103,7 +104,10 @@ def run_child(request: dict[str, Any], fds: list[int]) -> int:
         traceback.print_exc()
         code = 1
     with contextlib.suppress(BaseException):
-        atexit._run_exitfuncs()  # what the interpreter does at exit: Prefect sends its logs
+        # what the interpreter does at exit: threading's exit hooks first (Prefect drains its
+        # log and event services there), then atexit's
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
