@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-containers bench-cli lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-dirac-pool bench-containers bench-cli lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-staging: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway.py
+
+bench-dirac-pool: $(STAMP)
+	$(BIN)/python bench/dirac_pool.py
 
 bench-pools: $(STAMP)
 	$(BIN)/python bench/pools.py

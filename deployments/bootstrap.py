@@ -9,7 +9,7 @@ import contextlib
 from typing import cast
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
@@ -19,8 +19,9 @@ from prefect.utilities.callables import ParameterSchema
 from blocks.archive import LocalArchive
 from blocks.catalogue import FACILITY_TYPES, STORE_TYPES
 from blocks.local import LocalFacility
-from blocks.registry import DEFAULT_NAME, block_names
-from flows.registry import LOCAL_POOL, WORKFLOWS
+from blocks.registry import DEFAULT_NAME, block_names, list_facilities
+from flows.registry import DIRAC_POOL, LOCAL_POOL, WORKFLOWS
+from workers.dirac import DiracWorker
 from workers.warm import WarmWorker
 
 
@@ -43,21 +44,45 @@ def ensure_default_blocks() -> None:
             cls().save(DEFAULT_NAME)
 
 
-def ensure_work_pool(name: str = LOCAL_POOL) -> None:
-    """Create the `local` work pool (warm processes) if it is missing."""
+def ensure_work_pools() -> None:
+    """Create the `local` (warm processes) and `dirac` pools if missing; say what `dirac` lacks.
+
+    The `dirac` pool's description tells operators, in the UI, whether its worker can start.
+    """
+    dirac = _dirac_description()
+    pools = (
+        (LOCAL_POOL, WarmWorker, "esap-prefect: flow runs as local processes, forked warm"),
+        (DIRAC_POOL, DiracWorker, dirac),
+    )
     with get_client(sync_client=True) as client:
-        with contextlib.suppress(ObjectNotFound):
-            client.read_work_pool(name)
-            return
-        with contextlib.suppress(ObjectAlreadyExists):
-            client.create_work_pool(
-                WorkPoolCreate(
-                    name=name,
-                    type=WarmWorker.type,
-                    base_job_template=WarmWorker.get_default_base_job_template(),
-                    description="esap-prefect: flow runs as local processes, forked warm",
-                )
-            )
+        for name, worker, description in pools:
+            try:
+                pool = client.read_work_pool(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.create_work_pool(
+                        WorkPoolCreate(
+                            name=name,
+                            type=worker.type,
+                            base_job_template=worker.get_default_base_job_template(),
+                            description=description,
+                        )
+                    )
+                continue
+            if pool.type == worker.type and pool.description != description:
+                client.update_work_pool(name, WorkPoolUpdate(description=description))
+
+
+def _dirac_description() -> str:
+    grids = sorted(f.facility_name for f in list_facilities() if f.kind == "dirac")
+    what = "esap-prefect: each flow run executes as one DIRAC job through DiracX."
+    if not grids:
+        return (
+            f"{what} Not configured: no DIRAC facility is saved; add one with `esap-prefect "
+            "facilities add dirac NAME --url URL --credentials FILE`, then start "
+            "`esap-prefect worker --pool dirac`."
+        )
+    return f"{what} DIRAC facilities: {', '.join(grids)}. Start `esap-prefect worker --pool dirac`."
 
 
 def apply_deployments() -> None:
@@ -72,29 +97,35 @@ def apply_deployments() -> None:
         "input_store": (names.rucio_stores, "the only Rucio store"),
     }
     for workflow in WORKFLOWS.values():
-        schedules = [Cron(workflow.cron, timezone="UTC", active=False)] if workflow.cron else None
         description = " ".join(p for p in (workflow.description, workflow.deployment_notes) if p)
-        deployment = cast(
-            RunnerDeployment,
-            workflow.load().to_deployment(
-                name=workflow.deployment_name,
-                description=description,
-                tags=list(workflow.tags),
-                parameters=dict(workflow.parameters),
-                schedules=schedules,
-                work_pool_name=workflow.work_pool,
-                entrypoint_type=EntrypointType.MODULE_PATH,
-            ),
-        )
-        deployment._parameter_openapi_schema = _with_choices(
-            deployment._parameter_openapi_schema, choices
-        )
-        try:
-            deployment.apply()
-        except Exception as exc:
-            raise BootstrapError(
-                f"deployment {workflow.deployment} could not be applied: {exc}"
-            ) from exc
+        for name, pool in workflow.placements():
+            main = pool == workflow.work_pool
+            schedules = (
+                [Cron(workflow.cron, timezone="UTC", active=False)]
+                if workflow.cron and main
+                else None
+            )
+            deployment = cast(
+                RunnerDeployment,
+                workflow.load().to_deployment(
+                    name=name,
+                    description=description,
+                    tags=list(workflow.tags),
+                    parameters=dict(workflow.parameters),
+                    schedules=schedules,
+                    work_pool_name=pool,
+                    entrypoint_type=EntrypointType.MODULE_PATH,
+                ),
+            )
+            deployment._parameter_openapi_schema = _with_choices(
+                deployment._parameter_openapi_schema, choices
+            )
+            try:
+                deployment.apply()
+            except Exception as exc:
+                raise BootstrapError(
+                    f"deployment {workflow.name}/{name} could not be applied: {exc}"
+                ) from exc
 
 
 def _with_choices(
@@ -121,4 +152,4 @@ def prepare() -> None:
     """Block types, default blocks and the work pool, in order."""
     register_block_types()
     ensure_default_blocks()
-    ensure_work_pool()
+    ensure_work_pools()

@@ -19,17 +19,17 @@ HEADER = """\
 """
 
 
-def _deployment(workflow: Workflow) -> dict[str, Any]:
+def _deployment(workflow: Workflow, name: str, pool: str) -> dict[str, Any]:
     description = " ".join(p for p in (workflow.description, workflow.deployment_notes) if p)
     entry: dict[str, Any] = {
-        "name": workflow.deployment_name,
+        "name": name,
         "entrypoint": workflow.file_entrypoint,
         "description": description,
         "tags": list(workflow.tags),
         "parameters": dict(workflow.parameters),
-        "work_pool": {"name": workflow.work_pool},
+        "work_pool": {"name": pool},
     }
-    if workflow.cron:
+    if workflow.cron and pool == workflow.work_pool:
         entry["schedules"] = [{"cron": workflow.cron, "timezone": "UTC", "active": False}]
     return entry
 
@@ -43,7 +43,9 @@ def render() -> str:
         "prefect-version": prefect.__version__,
         "build": None,
         "push": None,
-        "deployments": [_deployment(w) for w in WORKFLOWS.values()],
+        "deployments": [
+            _deployment(w, name, pool) for w in WORKFLOWS.values() for name, pool in w.placements()
+        ],
     }
     return HEADER + yaml.safe_dump(document, sort_keys=False, width=96)
 

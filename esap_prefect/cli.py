@@ -513,6 +513,10 @@ def up(
 def worker(
     pool: Annotated[str, typer.Option(help="Work pool to take flow runs from.")] = "local",
     limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Worker name; keep it across restarts (a dirac worker adopts its runs)."),
+    ] = None,
 ) -> None:
     """Start a worker of the pool's own type here (`prefect worker start`, logs on the terminal).
 
@@ -541,7 +545,8 @@ def worker(
             del os.environ[handler]
     prefect = str(Path(sys.executable).parent / "prefect")
     command = [prefect, "worker", "start", "--pool", pool, "--type", kind]
-    os.execv(prefect, [*command, *(["--limit", str(limit)] if limit else [])])
+    command += ["--limit", str(limit)] if limit else []
+    os.execv(prefect, [*command, *(["--name", name] if name else [])])
 
 
 @app.command()

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import Flow
 
 LOCAL_POOL = "local"
+DIRAC_POOL = "dirac"
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class Workflow:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     cron: str | None = None
     work_pool: str = LOCAL_POOL
+    other_pools: tuple[str, ...] = ()
+    """Pools the workflow is also deployed on, each as a deployment named after its pool."""
+
+    def placements(self) -> list[tuple[str, str]]:
+        """(deployment name, work pool) of each deployment of the workflow, the main first."""
+        return [(self.deployment_name, self.work_pool), *((p, p) for p in self.other_pools)]
 
     @property
     def deployment(self) -> str:
@@ -57,6 +64,7 @@ WORKFLOWS: dict[str, Workflow] = {
             deployment_name="local",
             description="ESAP Hello World: echo six parameters as JSON with type batch.submit.",
             tags=("esap", "hello-world"),
+            other_pools=(DIRAC_POOL,),
         ),
         Workflow(
             name="cta-mc-production",
@@ -90,6 +98,7 @@ WORKFLOWS: dict[str, Workflow] = {
             tags=("esap", "container"),
             deployment_notes="Needs a Docker or Apptainer facility "
             "(`esap-prefect facilities add docker|apptainer`).",
+            other_pools=(DIRAC_POOL,),
         ),
     )
 }

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
+import signal
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,13 +29,14 @@ from diracx.api.jobs import create_sandbox, download_sandbox
 from diracx.client.aio import AsyncDiracClient
 from diracx.client.models import JobStatusUpdate, SandboxInfo
 from diracx.client.sync import SyncDiracClient
-from diracx.core.models import VectorSearchOperator
+from diracx.core.models import ScalarSearchOperator, VectorSearchOperator
 from diracx.core.preferences import DiracxPreferences
 
 from blocks.dirac.connection import run_async
 from blocks.dirac.jdl import parse
 
 Fate = Literal["run", "fail", "stall", "lose", "hold"]
+EQUAL = ScalarSearchOperator.EQUAL
 WAITING = ["Submitting", "Received", "Checking", "Waiting", "Matched", "Rescheduled"]
 PATH_TO_RUNNING = ["Checking", "Waiting", "Matched", "Running"]
 
@@ -48,6 +52,10 @@ class GridSimulator:
     fates: Callable[[str], Fate] = field(default=lambda _name: "run")
     run_payloads: bool = True
     ran: list[str] = field(default_factory=list)
+    killed: list[int] = field(default_factory=list)
+    before_done: Callable[[list[str]], None] | None = None
+    """Without payloads: called with the job names before they are set Done (a benchmark
+    plays the nodes' flow runs there)."""
 
     @property
     def prefs(self) -> DiracxPreferences:
@@ -119,6 +127,8 @@ class GridSimulator:
             )
             return
         code = self._execute(client, job_id) if self.run_payloads else 0
+        if code is None:
+            return
         if fate == "fail" or code != 0:
             final = [
                 ("Completing", "Uploading outputs"),
@@ -130,7 +140,35 @@ class GridSimulator:
         client.jobs.set_job_statuses(body={str(job_id): self._steps(final, app)})
         self.ran.append(name)
 
-    def _execute(self, client: SyncDiracClient, job_id: int) -> int:
+    def _watch(
+        self, client: SyncDiracClient, job_id: int, payload: subprocess.Popen[bytes]
+    ) -> int | None:
+        """The payload's exit code; None when the job was killed meanwhile (its group killed,
+        as DIRAC's job agent does when it sees the job Killed)."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                return payload.wait(1)
+            except subprocess.TimeoutExpired:
+                rows = client.jobs.search(
+                    parameters=["Status"],
+                    search=[
+                        {
+                            "parameter": "JobID",
+                            "operator": ScalarSearchOperator.EQUAL,
+                            "value": job_id,
+                        }
+                    ],
+                )
+                if rows and rows[0]["Status"] == "Killed":
+                    os.killpg(payload.pid, signal.SIGKILL)
+                    payload.wait()
+                    self.killed.append(job_id)
+                    return None
+        os.killpg(payload.pid, signal.SIGKILL)
+        return payload.wait()
+
+    def _execute(self, client: SyncDiracClient, job_id: int) -> int | None:
         jdl = self._jdl(job_id)
         with tempfile.TemporaryDirectory(prefix="gridsim-") as tmp:
             work = Path(tmp)
@@ -143,14 +181,16 @@ class GridSimulator:
             stdout = jdl.getAttributeString("StdOutput") or "std.out"
             stderr = jdl.getAttributeString("StdError") or "std.err"
             with (work / stdout).open("wb") as out, (work / stderr).open("wb") as err:
-                code = subprocess.run(
+                payload = subprocess.Popen(
                     ["/bin/sh", "-c", command],
                     cwd=work,
                     stdout=out,
                     stderr=err,
-                    check=False,
-                    timeout=300,
-                ).returncode
+                    start_new_session=True,
+                )
+                code = self._watch(client, job_id, payload)
+            if code is None:
+                return None
             wanted = jdl.getListFromExpression("OutputSandbox")
             files = sorted(
                 {
@@ -210,6 +250,8 @@ class GridSimulator:
 
     def finish_bulk(self, client: SyncDiracClient, jobs: list[dict[str, Any]]) -> None:
         """Complete started jobs without running payloads, 500 per call (for benchmarks)."""
+        if self.before_done is not None:
+            self.before_done([j["JobName"] for j in jobs])
         done = [("Completing", "Uploading outputs"), ("Done", "Execution Complete")]
         body = {str(j["JobID"]): self._steps(done, "Exited with 0") for j in jobs}
         items = list(body.items())

@@ -108,6 +108,18 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         )
         assert "hello-world/local" in deployed.stdout
         assert "cta-mc-production/production" in deployed.stdout
+        assert "hello-world/dirac" in deployed.stdout, "Hello World is also on the dirac pool"
+        pools = urllib.request.Request(
+            f"{api}/work_pools/filter",
+            data=b"{}",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(pools) as answer:
+            by_name = {p["name"]: p for p in json.load(answer)}
+        assert by_name["local"]["type"] == "warm"
+        assert by_name["dirac"]["type"] == "dirac"
+        assert "Not configured: no DIRAC facility is saved" in by_name["dirac"]["description"]
         request = urllib.request.Request(
             f"{api}/deployments/filter",
             data=b"{}",

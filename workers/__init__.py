@@ -1,6 +1,9 @@
 """Prefect worker types of our own, registered through the `prefect.collections` entry point.
 
-`warm` (`workers.warm`): the local pool of the embedded stack, flow runs forked warm.
+`warm` (`workers.warm`): the local pool of the embedded stack, flow runs forked warm;
+`dirac` (`workers.dirac`): flow runs as DIRAC jobs; `apptainer`: flow runs in a runtime image.
 """
 
 WARM_TYPE = "warm"
+DIRAC_TYPE = "dirac"
+APPTAINER_TYPE = "apptainer"

@@ -230,6 +230,11 @@ class DiracFacility(FacilityBlock):
             page += 1
         return found
 
+    def find_jobs(self, names: Sequence[str]) -> dict[str, str]:
+        """Job ids by name of the jobs already on DiracX under these names (one search)."""
+        with sync_client(self._prefs(), "look for submitted jobs") as client:
+            return self._existing(client, names)
+
     def submit(self, specs: Sequence[JobSpec]) -> list[JobRef]:
         """Submit in calls of at most 20 JDLs; names already on DiracX are not submitted again."""
         for spec in specs:

@@ -1,0 +1,9 @@
+"""Every worker type of the project, imported so that Prefect's `prefect.collections` finds them.
+
+`prefect worker start --type dirac` (or warm, apptainer) works once this module is imported.
+"""
+
+from workers.dirac import DiracWorker
+from workers.warm import WarmWorker
+
+WORKER_TYPES = (WarmWorker, DiracWorker)
