@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -109,25 +110,11 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         assert "hello-world/local" in deployed.stdout
         assert "cta-mc-production/production" in deployed.stdout
         assert "hello-world/dirac" in deployed.stdout, "Hello World is also on the dirac pool"
-        pools = urllib.request.Request(
-            f"{api}/work_pools/filter",
-            data=b"{}",
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(pools) as answer:
-            by_name = {p["name"]: p for p in json.load(answer)}
+        by_name = {p["name"]: p for p in _filter(api, "work_pools")}
         assert by_name["local"]["type"] == "warm"
         assert by_name["dirac"]["type"] == "dirac"
         assert "Not configured: no DIRAC facility is saved" in by_name["dirac"]["description"]
-        request = urllib.request.Request(
-            f"{api}/deployments/filter",
-            data=b"{}",
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request) as answer:
-            production = next(d for d in json.load(answer) if d["name"] == "production")
+        production = next(d for d in _filter(api, "deployments") if d["name"] == "production")
         [schedule] = production["schedules"]
         assert schedule["schedule"]["cron"] == "0 2 * * *"
         assert schedule["active"] is False, "the production schedule must start disabled"
@@ -140,6 +127,19 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         assert step in err and " s\n" in err.split(step, 1)[1][:12], err
     assert _leftovers(tmp_path, port) == []
     assert not (tmp_path / "stack.json").exists()
+
+
+def _filter(api: str, what: str) -> list[dict[str, Any]]:
+    """Every object of a kind (`deployments`, `work_pools`) as the API lists them."""
+    request = urllib.request.Request(
+        f"{api}/{what}/filter",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        found: list[dict[str, Any]] = json.load(answer)
+    return found
 
 
 def _logs(api: str, flow_run_id: str) -> list[str]:
