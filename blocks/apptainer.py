@@ -169,6 +169,28 @@ class ApptainerFacility(LocalFacility):
             raise FatalError(f"{self.singularity} --version gave no version")
         return version
 
+    def build_image(self, definition: Path, target: Path, arguments: dict[str, str]) -> Path:
+        """Build a SIF from a definition file with `--build-arg`s (spython, no sudo).
+
+        The build's own output goes to this process's terminal, as `apptainer build` writes it.
+
+        Raises:
+            FatalError: the build did not make an image.
+        """
+        options = [
+            part for key, value in arguments.items() for part in ("--build-arg", f"{key}={value}")
+        ]
+        with self._spython() as client:
+            client.build(
+                recipe=str(definition), image=str(target), sudo=False, force=True, options=options
+            )
+        if not is_sif(target):
+            raise FatalError(
+                f"{self.singularity} build of {definition.name} made no image "
+                "(its output, above, says why)"
+            )
+        return target
+
     def image_labels(self, image: str) -> dict[str, str]:
         """The labels of an image (its build options, its recipe's digest), read by spython."""
         path = self.local_image(image)

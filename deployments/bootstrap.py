@@ -6,7 +6,9 @@ Every step is idempotent: running it against a prepared server changes nothing.
 from __future__ import annotations
 
 import contextlib
-from typing import cast
+import copy
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
@@ -15,12 +17,18 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 from prefect.utilities.callables import ParameterSchema
+from prefect_docker.worker import DockerWorker
 
+from blocks.apptainer import ApptainerFacility
 from blocks.archive import LocalArchive
 from blocks.catalogue import FACILITY_TYPES, STORE_TYPES
+from blocks.facility import FacilityBlock
 from blocks.local import LocalFacility
 from blocks.registry import DEFAULT_NAME, block_names, list_facilities
-from flows.registry import DIRAC_POOL, LOCAL_POOL, WORKFLOWS
+from core.settings import home
+from deployments import runtime_image
+from flows.registry import APPTAINER_POOL, DIRAC_POOL, DOCKER_POOL, LOCAL_POOL, WORKFLOWS
+from workers.apptainer import ApptainerWorker
 from workers.dirac import DiracWorker
 from workers.warm import WarmWorker
 
@@ -44,37 +52,119 @@ def ensure_default_blocks() -> None:
             cls().save(DEFAULT_NAME)
 
 
-def ensure_work_pools() -> None:
-    """Create the `local` (warm processes) and `dirac` pools if missing; say what `dirac` lacks.
+@dataclass(frozen=True)
+class Pool:
+    """A work pool `up` keeps: its type, template defaults we own, what its description says."""
 
-    The `dirac` pool's description tells operators, in the UI, whether its worker can start.
+    name: str
+    type: str
+    template: dict[str, Any]
+    description: str
+    owned_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def ensure_work_pools() -> None:
+    """Create the pools (`local`, `dirac`, `apptainer`, `docker`) if missing; keep them current.
+
+    Each description tells operators, in the UI, what the pool runs and whether its worker
+    can start; image and command defaults follow the last `esap-prefect images build`
+    unless an operator chose others.
     """
-    dirac = _dirac_description()
-    pools = (
-        (LOCAL_POOL, WarmWorker, "esap-prefect: flow runs as local processes, forked warm"),
-        (DIRAC_POOL, DiracWorker, dirac),
-    )
     with get_client(sync_client=True) as client:
-        for name, worker, description in pools:
+        for pool in _pools():
             try:
-                pool = client.read_work_pool(name)
+                found = client.read_work_pool(pool.name)
             except ObjectNotFound:
                 with contextlib.suppress(ObjectAlreadyExists):
                     client.create_work_pool(
                         WorkPoolCreate(
-                            name=name,
-                            type=worker.type,
-                            base_job_template=worker.get_default_base_job_template(),
-                            description=description,
+                            name=pool.name,
+                            type=pool.type,
+                            base_job_template=_with_defaults(pool.template, pool.owned_defaults),
+                            description=pool.description,
                         )
                     )
                 continue
-            if pool.type == worker.type and pool.description != description:
-                client.update_work_pool(name, WorkPoolUpdate(description=description))
+            if found.type != pool.type:
+                continue
+            template = _with_defaults(found.base_job_template, pool.owned_defaults, pool.template)
+            if found.description != pool.description or template != found.base_job_template:
+                client.update_work_pool(
+                    pool.name,
+                    WorkPoolUpdate(description=pool.description, base_job_template=template),
+                )
 
 
-def _dirac_description() -> str:
-    grids = sorted(f.facility_name for f in list_facilities() if f.kind == "dirac")
+def _pools() -> list[Pool]:
+    images = runtime_image.recorded(runtime_image.default_cache())
+    facilities = list_facilities()
+    sif = images["apptainer"].reference if "apptainer" in images else ""
+    commands = sorted({f.singularity for f in facilities if isinstance(f, ApptainerFacility)})
+    singularity = commands[0] if commands else "apptainer"
+    tag = images["docker"].reference if "docker" in images else ""
+    shared = home()  # containers of this host's workers archive into this home
+    return [
+        Pool(
+            LOCAL_POOL,
+            WarmWorker.type,
+            WarmWorker.get_default_base_job_template(),
+            "esap-prefect: flow runs as local processes, forked warm",
+        ),
+        Pool(
+            DIRAC_POOL,
+            DiracWorker.type,
+            DiracWorker.get_default_base_job_template(),
+            _dirac_description(facilities),
+        ),
+        Pool(
+            APPTAINER_POOL,
+            ApptainerWorker.type,
+            ApptainerWorker.get_default_base_job_template(),
+            _apptainer_description(sif),
+            {"image": sif, "singularity": singularity},
+        ),
+        Pool(
+            DOCKER_POOL,
+            DockerWorker.type,
+            DockerWorker.get_default_base_job_template(),
+            _docker_description(tag),
+            {
+                "image": tag,
+                # the flow by its module path, as installed in the image (no code to pull)
+                "command": "python -m prefect.engine",
+                "image_pull_policy": "Never",
+                "network_mode": "host",
+                "volumes": [f"{shared}:{shared}"],
+                "env": {"ESAP_PREFECT_HOME": str(shared)},
+            },
+        ),
+    ]
+
+
+def _with_defaults(
+    template: dict[str, Any], defaults: dict[str, Any], pristine: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The template with these variable defaults, keeping those an operator chose.
+
+    A default is ours when it is unset, empty, the worker type's own, or a runtime image an
+    earlier build made (`pristine` is the worker type's template; None: all are ours).
+    """
+    own = (pristine or {}).get("variables", {}).get("properties", {})
+    result = copy.deepcopy(template)
+    properties = result.get("variables", {}).get("properties", {})
+    for name, value in defaults.items():
+        if name not in properties or value in ("", None):
+            continue
+        current = properties[name].get("default")
+        chosen = current not in ("", None, own.get(name, {}).get("default"))
+        if pristine is not None and chosen and not runtime_image.is_runtime(str(current)):
+            continue
+        properties[name]["default"] = value
+    return result
+
+
+def _dirac_description(facilities: list[FacilityBlock]) -> str:
+    grids = sorted(f.facility_name for f in facilities if f.kind == "dirac")
     what = "esap-prefect: each flow run executes as one DIRAC job through DiracX."
     if not grids:
         return (
@@ -83,6 +173,32 @@ def _dirac_description() -> str:
             "`esap-prefect worker --pool dirac`."
         )
     return f"{what} DIRAC facilities: {', '.join(grids)}. Start `esap-prefect worker --pool dirac`."
+
+
+def _apptainer_description(sif: str) -> str:
+    what = (
+        "esap-prefect: each flow run executes in the esap-prefect runtime image with "
+        "`apptainer exec --containall` on the worker's host."
+    )
+    if not sif:
+        return (
+            f"{what} Not configured: no runtime image is built; run `esap-prefect images build "
+            "--apptainer`, then `esap-prefect up` again (or set the pool's image)."
+        )
+    return f"{what} Image: {sif}. Start `esap-prefect worker --pool apptainer`."
+
+
+def _docker_description(tag: str) -> str:
+    what = (
+        "Prefect's Docker worker (prefect-docker): each flow run is a container of the "
+        "esap-prefect runtime image on the worker's Docker Engine ($DOCKER_HOST)."
+    )
+    if not tag:
+        return (
+            f"{what} Not configured: no runtime image is built; run `esap-prefect images build "
+            "--docker`, then `esap-prefect up` again (or set the pool's image)."
+        )
+    return f"{what} Image: {tag}. Start `esap-prefect worker --pool docker`."
 
 
 def apply_deployments() -> None:

@@ -33,6 +33,7 @@ from core.settings import (
     private_home,
     running_stack_api,
 )
+from esap_prefect.images import images_app
 from esap_prefect.running import show
 
 if TYPE_CHECKING:
@@ -242,11 +243,12 @@ def _save_facility(facility: FacilityBlock, name: str, overwrite: bool) -> None:
 
 
 def _refresh_run_forms() -> None:
-    """With a stack running, deploy again, so run forms offer the new name."""
+    """With a stack running, deploy again (run forms offer the new name), update the pools."""
     if running_stack_api():
-        from deployments.bootstrap import apply_deployments
+        from deployments.bootstrap import apply_deployments, ensure_work_pools
 
         apply_deployments()
+        ensure_work_pools()
 
 
 @add_app.command("docker")
@@ -310,6 +312,7 @@ stores_app = typer.Typer(help="List and add stores (where data is archived and s
 add_store_app = typer.Typer(help="Save a new store block.", no_args_is_help=True)
 stores_app.add_typer(add_store_app, name="add")
 app.add_typer(stores_app, name="stores")
+app.add_typer(images_app, name="images")
 
 
 @stores_app.callback(invoke_without_command=True)
@@ -531,7 +534,7 @@ def worker(
 
     with get_client(sync_client=True) as client:
         try:
-            kind = client.read_work_pool(pool).type
+            found = client.read_work_pool(pool)
         except ObjectNotFound:
             known = ", ".join(sorted(p.name for p in client.read_work_pools())) or "none"
             typer.echo(f"error: no work pool named {pool!r}; the server has: {known}", err=True)
@@ -540,6 +543,9 @@ def worker(
             api = os.environ["PREFECT_API_URL"]
             typer.echo(f"error: the Prefect API at {api} does not answer ({exc})", err=True)
             raise typer.Exit(2) from None
+    kind = found.type
+    if kind == "docker":  # Prefect's own worker: say plainly when its image is missing
+        _check_docker_pool(found.base_job_template)
     for handler in CONSOLE_HANDLERS:  # quiet for commands, not for a worker
         if os.environ.get(handler) == "CRITICAL":
             del os.environ[handler]
@@ -547,6 +553,21 @@ def worker(
     command = [prefect, "worker", "start", "--pool", pool, "--type", kind]
     command += ["--limit", str(limit)] if limit else []
     os.execv(prefect, [*command, *(["--name", name] if name else [])])
+
+
+def _check_docker_pool(template: dict[str, Any]) -> None:
+    from core.errors import FatalError
+    from deployments.runtime_image import check_docker_image
+
+    variables = template.get("variables", {}).get("properties", {})
+    image = str(variables.get("image", {}).get("default") or "")
+    try:
+        if not image:
+            raise FatalError("the pool names no image: run `esap-prefect images build --docker`")
+        check_docker_image(image)
+    except FatalError as exc:
+        typer.echo(f"error: the docker worker cannot start: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

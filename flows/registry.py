@@ -15,6 +15,9 @@ from prefect import Flow
 
 LOCAL_POOL = "local"
 DIRAC_POOL = "dirac"
+APPTAINER_POOL = "apptainer"
+DOCKER_POOL = "docker"
+REMOTE_POOLS = (DIRAC_POOL, APPTAINER_POOL, DOCKER_POOL)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ WORKFLOWS: dict[str, Workflow] = {
             deployment_name="local",
             description="ESAP Hello World: echo six parameters as JSON with type batch.submit.",
             tags=("esap", "hello-world"),
-            other_pools=(DIRAC_POOL,),
+            other_pools=REMOTE_POOLS,
         ),
         Workflow(
             name="cta-mc-production",
@@ -98,7 +101,7 @@ WORKFLOWS: dict[str, Workflow] = {
             tags=("esap", "container"),
             deployment_notes="Needs a Docker or Apptainer facility "
             "(`esap-prefect facilities add docker|apptainer`).",
-            other_pools=(DIRAC_POOL,),
+            other_pools=REMOTE_POOLS,
         ),
     )
 }

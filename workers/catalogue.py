@@ -3,7 +3,8 @@
 `prefect worker start --type dirac` (or warm, apptainer) works once this module is imported.
 """
 
+from workers.apptainer import ApptainerWorker
 from workers.dirac import DiracWorker
 from workers.warm import WarmWorker
 
-WORKER_TYPES = (WarmWorker, DiracWorker)
+WORKER_TYPES = (WarmWorker, DiracWorker, ApptainerWorker)

@@ -160,7 +160,7 @@ mount --bind "$root" "$root"
 for d in /proc /sys /dev {binds}; do mkdir -p "$root$d"; mount --rbind "$d" "$root$d"; done
 cd "$root"; mkdir -p .oldroot; pivot_root . .oldroot; umount -l /.oldroot
 cd "$here"
-exec unshare -U --map-root-user apptainer "$@"
+exec unshare -U --map-users=0:0:65536 --map-groups=0:0:65536 apptainer "$@"
 ' singularity {root} "$PWD" "$@"
 """
 

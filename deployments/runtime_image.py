@@ -1,0 +1,371 @@
+"""The esap-prefect runtime image for the Docker and Apptainer pools, built here from recipes.
+
+A Debian base is made with debootstrap (no registry is needed), the recipes in
+`containers/runtime/` add the project's wheel and its locked dependencies; a recipe key
+(recipes, lock, wheel, base) decides whether an image already built can be reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import docker
+import docker.errors
+
+from blocks.apptainer import ApptainerFacility
+from core.errors import FatalError
+from core.files import write_json
+from core.settings import home
+
+SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "ca-certificates")
+MIRROR_VARIABLE = "ESAP_PREFECT_DEBIAN_MIRROR"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+RUNTIME = "esap-prefect/runtime"
+BASE = "esap-prefect/base"
+LABEL_KEY = "org.esap-prefect.recipe-key"
+RECORD = "runtime-images.json"
+CA_BUNDLE = "ca-certificates.crt"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+Engine = Literal["docker", "apptainer"]
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """One runtime image: where it is, its digest, the recipe key it was built from."""
+
+    engine: Engine
+    reference: str
+    digest: str
+    key: str
+    version: str
+    reused: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Context:
+    """The build context: the wheel, the lock and uv, and the keys naming what they make."""
+
+    folder: Path
+    wheel: str
+    version: str
+    lock_digest: str
+    key: str
+
+    @property
+    def tag(self) -> str:
+        """`esap-prefect/runtime:<version>-<lock digest>`."""
+        return f"{RUNTIME}:{self.version}-{self.lock_digest[:12]}"
+
+    @property
+    def sif_name(self) -> str:
+        return f"esap-prefect-runtime-{self.version}-{self.lock_digest[:12]}.sif"
+
+    def build_args(self, base: str) -> dict[str, str]:
+        return {
+            "BASE": base,
+            "WHEEL": self.wheel,
+            "VERSION": self.version,
+            "LOCK_DIGEST": self.lock_digest,
+            "RECIPE_KEY": self.key,
+        }
+
+
+def default_cache() -> Path:
+    """Where the base root, the build context and the SIFs live: $ESAP_PREFECT_HOME/images."""
+    return home() / "images"
+
+
+def is_runtime(image: str) -> bool:
+    """Whether `image` names a runtime image this module builds (a tag or a SIF)."""
+    name = Path(image).name
+    return image.startswith(f"{RUNTIME}:") or (
+        name.startswith("esap-prefect-runtime-") and name.endswith(".sif")
+    )
+
+
+def recipe(name: str) -> Path:
+    """A file of the runtime recipes, wherever the package is installed."""
+    path = Path(str(resources.files("containers") / "runtime" / name))
+    if not path.is_file():
+        raise FatalError(f"the runtime recipe {name} is missing from {path.parent}")
+    return path
+
+
+def source_tree() -> Path | None:
+    """The clone the project runs from (an editable install), or None for an installed wheel."""
+    root = Path(str(resources.files("containers"))).parent
+    return root if (root / "pyproject.toml").is_file() and (root / ".git").exists() else None
+
+
+def _uv() -> Path:
+    found = Path(sys.executable).parent / "uv"
+    if found.is_file():
+        return found
+    which = shutil.which("uv")
+    if which is None:
+        raise FatalError("uv is needed to build the runtime image: pip install uv")
+    return Path(which)
+
+
+def _digest_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _wheel_digest(wheel: Path) -> str:
+    """The wheel's content (names and bytes), not its zip timestamps."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as archive:
+        for name in sorted(archive.namelist()):
+            digest.update(name.encode() + b"\0" + archive.read(name))
+    return digest.hexdigest()
+
+
+def prepare(cache: Path, wheel: Path | None = None, lock: Path | None = None) -> Context:
+    """Gather the build context under `cache`: the wheel (built from the clone if not given).
+
+    Raises:
+        FatalError: no wheel given outside a clone, no lock, or the wheel build failed.
+    """
+    tree = source_tree()
+    if lock is None and tree is not None:
+        lock = tree / "requirements.lock"
+    if lock is None or not lock.is_file():
+        raise FatalError("no requirements.lock: give --lock (the lock of the release you install)")
+    folder = cache / "context"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if wheel is None:
+        if tree is None:
+            raise FatalError("not running from a clone: give --wheel (the esap-prefect wheel)")
+        built = subprocess.run(
+            [str(_uv()), "build", "--wheel", "--quiet", "--out-dir", str(folder), str(tree)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if built.returncode != 0:
+            raise FatalError(f"building the wheel failed: {built.stderr.strip()[-500:]}")
+        [wheel] = folder.glob("esap_prefect-*.whl")
+    elif not (wheel.is_file() and wheel.name.startswith("esap_prefect-")):
+        raise FatalError(f"{wheel} is not an esap-prefect wheel file")
+    else:
+        shutil.copy2(wheel, folder / wheel.name)
+    shutil.copy2(lock, folder / "requirements.lock")
+    shutil.copy2(trust_store(), folder / CA_BUNDLE)
+    shutil.copy2(_uv(), folder / "uv")
+    version = wheel.name.split("-")[1]
+    lock_digest = _digest_file(lock)
+    parts = [
+        _digest_file(recipe("Dockerfile")),
+        _digest_file(recipe("esap-prefect.def")),
+        lock_digest,
+        _wheel_digest(folder / wheel.name),
+        base_key(),
+    ]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return Context(folder, wheel.name, version, lock_digest, key)
+
+
+def trust_store() -> Path:
+    """The host's CA bundle, used only while the build downloads (sites behind TLS proxies).
+
+    Raises:
+        FatalError: $SSL_CERT_FILE names no file and the system bundle is missing.
+    """
+    path = Path(os.environ.get("SSL_CERT_FILE") or SYSTEM_CA_BUNDLE)
+    if not path.is_file():
+        raise FatalError(f"no CA bundle at {path}: set SSL_CERT_FILE or install ca-certificates")
+    return path
+
+
+def base_key() -> str:
+    """What the base is made of: suite and packages (the mirror does not change it)."""
+    return hashlib.sha256(f"{SUITE} {' '.join(BASE_PACKAGES)}".encode()).hexdigest()
+
+
+def base_root(cache: Path) -> Path:
+    """Debian's minimal root with Python, made once with debootstrap (about a minute).
+
+    Raises:
+        FatalError: debootstrap is missing or failed.
+    """
+    root = cache / f"base-{SUITE}-{base_key()[:12]}"
+    if (root / ".esap-ready").exists():
+        return root
+    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    if not Path(debootstrap).exists():
+        raise FatalError("debootstrap is needed to build the base: apt-get install debootstrap")
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [
+            debootstrap,
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            SUITE,
+            str(root),
+            os.environ.get(MIRROR_VARIABLE, DEFAULT_MIRROR),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = " | ".join(done.stdout.strip().splitlines()[-3:])
+        raise FatalError(f"debootstrap {SUITE} failed: {tail}")
+    for cached in (root / "var" / "cache" / "apt" / "archives").glob("*.deb"):
+        cached.unlink()
+    # device nodes: engines mount their own /dev, and a rootless build cannot copy them
+    shutil.rmtree(root / "dev")
+    (root / "dev").mkdir()
+    (root / ".esap-ready").touch()
+    return root
+
+
+def _engine(docker_url: str | None) -> docker.DockerClient:
+    try:
+        client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        where = docker_url or os.environ.get("DOCKER_HOST", "the default socket")
+        raise FatalError(f"no Docker Engine answers at {where}: {exc}") from None
+    return client
+
+
+def _base_image(client: docker.DockerClient, cache: Path) -> str:
+    tag = f"{BASE}:{SUITE}-{base_key()[:12]}"
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        client.images.get(tag)
+        return tag
+    root = base_root(cache)
+    with tempfile.TemporaryFile(dir=cache) as archive:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.add(root, arcname=".", filter=lambda m: None if m.name == "./.esap-ready" else m)
+        archive.seek(0)
+        repository, _, version = tag.partition(":")
+        client.api.import_image_from_data(archive, repository=repository, tag=version)
+    return tag
+
+
+def build_docker(context: Context, cache: Path, docker_url: str | None = None) -> BuiltImage:
+    """The runtime image in the Docker Engine, reused when its recipe key is unchanged.
+
+    Raises:
+        FatalError: no engine answers, or the build failed (with the build's last lines).
+    """
+    started = time.monotonic()
+    with contextlib.closing(_engine(docker_url)) as client:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            image = client.images.get(context.tag)
+            if (image.labels or {}).get(LABEL_KEY) == context.key:
+                return _built("docker", context, context.tag, image.id, True, started)
+        base = _base_image(client, cache)
+        shutil.copy2(recipe("Dockerfile"), context.folder / "Dockerfile")
+        try:
+            image, _ = client.images.build(
+                path=str(context.folder),
+                tag=context.tag,
+                buildargs={**context.build_args(base), **_proxies()},
+                network_mode="host",
+                rm=True,
+                forcerm=True,
+            )
+        except docker.errors.BuildError as exc:
+            lines = [str(step.get("stream", "")).strip() for step in exc.build_log]
+            tail = " | ".join(line for line in lines if line)[-600:]
+            raise FatalError(f"building {context.tag} failed: {exc.msg}: {tail}") from None
+        return _built("docker", context, context.tag, str(image.id), False, started)
+
+
+def build_apptainer(context: Context, cache: Path, singularity: str) -> BuiltImage:
+    """The runtime SIF under `cache`, reused when its labels carry the same recipe key.
+
+    Raises:
+        FatalError: the command is missing, or the build failed.
+    """
+    started = time.monotonic()
+    facility = ApptainerFacility(singularity=singularity, image_cache=cache)
+    target = cache / context.sif_name
+    if target.exists():
+        with contextlib.suppress(FatalError):
+            if facility.image_labels(str(target)).get(LABEL_KEY) == context.key:
+                return _built("apptainer", context, str(target), _sif_digest(target), True, started)
+    base = base_root(cache)
+    partial = target.with_name(target.stem + ".partial.sif")
+    arguments = {**context.build_args(str(base)), "CONTEXT": str(context.folder)}
+    facility.build_image(recipe("esap-prefect.def"), partial, arguments)
+    partial.replace(target)
+    return _built("apptainer", context, str(target), _sif_digest(target), False, started)
+
+
+def _proxies() -> dict[str, str]:
+    """The host's proxy settings, which Docker passes to the build's steps only."""
+    return {name: os.environ[name] for name in PROXY_VARIABLES if os.environ.get(name)}
+
+
+def _sif_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _built(
+    engine: Engine, context: Context, reference: str, digest: str, reused: bool, started: float
+) -> BuiltImage:
+    return BuiltImage(
+        engine, reference, digest, context.key, context.version, reused, time.monotonic() - started
+    )
+
+
+def record(cache: Path, images: list[BuiltImage]) -> Path:
+    """Note the images in `<cache>/runtime-images.json` (what the pools default to)."""
+    path = cache / RECORD
+    known = recorded(cache)
+    known.update({image.engine: image for image in images})
+    write_json(path, {engine: asdict(image) for engine, image in known.items()})
+    return path
+
+
+def recorded(cache: Path) -> dict[str, BuiltImage]:
+    """The runtime images last built with this cache, by engine."""
+    path = cache / RECORD
+    if not path.is_file():
+        return {}
+    try:
+        return {k: BuiltImage(**v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError):
+        return {}
+
+
+def check_docker_image(image: str, docker_url: str | None = None) -> None:
+    """The image is in the Docker Engine the docker worker will use.
+
+    Raises:
+        FatalError: no engine answers, or it lacks the image (and how to build it).
+    """
+    with contextlib.closing(_engine(docker_url)) as client:
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise FatalError(
+                f"the Docker Engine has no image {image}: run `esap-prefect images build --docker`"
+            ) from None

@@ -1,0 +1,152 @@
+"""The `apptainer` worker type: each flow run executes in the runtime image with `apptainer exec`.
+
+Prefect's process worker underneath (one process group per run, its kill, crash detection,
+cancellation); `workers/apptainer_launch.py` turns the run into the container command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import anyio.abc
+from prefect.client.schemas.objects import FlowRun
+from prefect.workers.process import (
+    ProcessJobConfiguration,
+    ProcessVariables,
+    ProcessWorker,
+    ProcessWorkerResult,
+)
+from pydantic import Field, PositiveInt
+
+from blocks.apptainer import is_sif
+from core.settings import home
+from workers import APPTAINER_TYPE, apptainer_launch
+
+ENGINE_COMMAND = ["python", "-m", "prefect.engine"]
+IMAGE_HELP = (
+    "The runtime image on the worker's host: a SIF file (`esap-prefect images build "
+    "--apptainer` makes one; `esap-prefect up` sets it here) or a sandbox folder."
+)
+SINGULARITY_HELP = "The apptainer (or singularity) command on the worker's host."
+BINDS_HELP = "More host paths visible in the container, as `host[:container[:ro]]`."
+WALLTIME_HELP = "Seconds a flow run may take; then its container is stopped and the run crashed."
+SHARE_HOME_HELP = (
+    "Bind the worker's $ESAP_PREFECT_HOME at its own path, so the local archive and job "
+    "folders of the run land on the host (off: the container's private /tmp, lost at exit)."
+)
+
+
+class ApptainerJobConfiguration(ProcessJobConfiguration):
+    """The process worker's configuration plus the image, the command, binds and wall time."""
+
+    image: str = Field(default="", description=IMAGE_HELP)
+    singularity: str = Field(default="apptainer", description=SINGULARITY_HELP)
+    binds: list[str] = Field(default_factory=list, description=BINDS_HELP)
+    walltime: PositiveInt | None = Field(default=None, description=WALLTIME_HELP)
+    share_home: bool = Field(default=True, description=SHARE_HOME_HELP)
+
+
+class ApptainerVariables(ProcessVariables):
+    """What an operator sets on the pool (or a deployment) for runs in Apptainer."""
+
+    image: str = Field(default="", description=IMAGE_HELP)
+    singularity: str = Field(default="apptainer", description=SINGULARITY_HELP)
+    binds: list[str] = Field(default_factory=list, description=BINDS_HELP)
+    walltime: PositiveInt | None = Field(default=None, description=WALLTIME_HELP)
+    share_home: bool = Field(default=True, description=SHARE_HOME_HELP)
+
+
+class ApptainerWorkerResult(ProcessWorkerResult):
+    """The container's exit code and the pid of its process group's leader."""
+
+
+class NoApptainer(RuntimeError):
+    """The pool's command or image is missing on this host."""
+
+
+def check_runtime(singularity: str, image: str) -> None:
+    """The command runs and the image is a SIF file or a sandbox folder.
+
+    Raises:
+        NoApptainer: with what is missing and how to get it.
+    """
+    if shutil.which(singularity) is None:
+        raise NoApptainer(f"{singularity} is not a command on this host (the pool's singularity)")
+    if not image:
+        raise NoApptainer("the pool names no image: run `esap-prefect images build --apptainer`")
+    path = Path(image)
+    if not (path.is_absolute() and (is_sif(path) or (path / ".singularity.d").is_dir())):
+        raise NoApptainer(f"the pool's image {image} is not a SIF file or sandbox on this host")
+
+
+class ApptainerWorker(ProcessWorker):
+    """Flow runs as `apptainer exec --containall` of the runtime image, one process group each."""
+
+    type = APPTAINER_TYPE
+    job_configuration: builtins.type[ProcessJobConfiguration] = ApptainerJobConfiguration
+    job_configuration_variables = ApptainerVariables  # type: ignore[assignment]  # typed None in Prefect
+    _description = (
+        "esap-prefect: each flow run executes in the esap-prefect runtime image with "
+        "`apptainer exec --containall` on the worker's host."
+    )
+    _display_name = "Apptainer"
+    _documentation_url = "https://apptainer.org/docs/user/latest/"
+
+    async def __aenter__(self) -> ApptainerWorker:
+        await super().__aenter__()
+        variables = (self._work_pool.base_job_template if self._work_pool else {}).get(
+            "variables", {}
+        )
+        defaults = {k: v.get("default") for k, v in variables.get("properties", {}).items()}
+        try:
+            check_runtime(
+                str(defaults.get("singularity") or "apptainer"), str(defaults.get("image") or "")
+            )
+        except NoApptainer as exc:
+            self._logger.error("the apptainer worker cannot start: %s", exc)
+            await super().__aexit__(None, None, None)
+            raise SystemExit(1) from None
+        return self
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> ProcessWorkerResult:
+        """Run the flow run in the pool's image (the run's own variables as APPTAINERENV_*)."""
+        assert isinstance(configuration, ApptainerJobConfiguration)
+        logger = self.get_flow_run_logger(flow_run)
+        try:
+            await asyncio.to_thread(check_runtime, configuration.singularity, configuration.image)
+        except NoApptainer as exc:
+            logger.error("cannot start the flow run in Apptainer: %s", exc)
+            return ApptainerWorkerResult(status_code=1, identifier="")
+        launch = {
+            "singularity": configuration.singularity,
+            "image": configuration.image,
+            "binds": configuration.binds,
+            "walltime": configuration.walltime,
+            "home": str(home()) if configuration.share_home else None,
+            "command": ENGINE_COMMAND,
+            "env": [k for k, v in configuration.env.items() if os.environ.get(k) != v],
+        }
+        configuration.command = shlex.join([sys.executable, "-I", apptainer_launch.__file__])
+        configuration._command_configured = True
+        configuration.env = {
+            **configuration.env,
+            apptainer_launch.LAUNCH_VARIABLE: json.dumps(launch),
+        }
+        result = await super().run(flow_run, configuration, task_status)
+        if configuration.walltime and result.status_code == apptainer_launch.WALLTIME_EXIT:
+            logger.error(
+                "wall time of %d s exceeded: the container was stopped", configuration.walltime
+            )
+        return ApptainerWorkerResult(status_code=result.status_code, identifier=result.identifier)
