@@ -130,8 +130,6 @@ def _pools() -> list[Pool]:
             _docker_description(tag),
             {
                 "image": tag,
-                # the flow by its module path, as installed in the image (no code to pull)
-                "command": "python -m prefect.engine",
                 "image_pull_policy": "Never",
                 "network_mode": "host",
                 "volumes": [f"{shared}:{shared}"],

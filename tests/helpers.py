@@ -1,18 +1,28 @@
 """Helpers shared by the tests.
 
-Polling a real facility until its jobs end, reading task runs, forging credentials.
+Polling a real facility until its jobs end, reading task runs, forging credentials, and
+workers started as operators start them.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun, TaskRun
 
 from blocks import DiracFacility, FacilityBlock, JobRef, JobStatus
 from core.backoff import wait_until
@@ -64,3 +74,62 @@ def forged_credentials(facility: DiracFacility, folder: Path) -> DiracFacility:
         )
     )
     return facility.model_copy(update={"credentials_path": forged})
+
+
+CLI = str(Path(sys.executable).parent / "esap-prefect")
+
+
+class PoolWorker:
+    """`esap-prefect worker --pool P ...` in its own session, restartable; its log in a file."""
+
+    def __init__(self, api: str, log: Path, *arguments: str, env: dict[str, str] | None = None):
+        self.api, self.log, self.arguments = api, log, arguments
+        self.env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+        self.env.update(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PoolWorker:
+        """Start it and wait until it says it started."""
+        started = (self.log.read_text().count("started!") if self.log.exists() else 0) + 1
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [CLI, "worker", *self.arguments],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        wait_until(self.log.read_text, lambda text: text.count("started!") >= started, 120)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL its whole session, as a host crash would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, as an operator's Ctrl-C; then no traceback may be in its log."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(60)
+        assert "Traceback" not in self.log.read_text(), self.log.read_text()[-3000:]
+
+
+def final_run(run_id: UUID, timeout: float = 120) -> FlowRun:
+    """The flow run once its state is final (fails the test if it is not within `timeout`)."""
+    with get_client(sync_client=True) as client:
+        run = wait_until(
+            lambda: client.read_flow_run(run_id),
+            lambda r: r.state is not None and r.state.is_final(),
+            timeout,
+        )
+    assert run.state is not None and run.state.is_final(), run.state
+    return run
+
+
+def run_logs(run_id: UUID) -> list[str]:
+    """The messages the flow run has logged so far."""
+    with get_client(sync_client=True) as client:
+        only = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+        return [line.message for line in client.read_logs(only)]

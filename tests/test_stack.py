@@ -109,11 +109,18 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         )
         assert "hello-world/local" in deployed.stdout
         assert "cta-mc-production/production" in deployed.stdout
-        assert "hello-world/dirac" in deployed.stdout, "Hello World is also on the dirac pool"
+        for pool in ("dirac", "apptainer", "docker"):
+            assert f"hello-world/{pool}" in deployed.stdout, f"Hello World is also on {pool}"
         by_name = {p["name"]: p for p in _filter(api, "work_pools")}
-        assert by_name["local"]["type"] == "warm"
-        assert by_name["dirac"]["type"] == "dirac"
+        assert {k: by_name[k]["type"] for k in ("local", "dirac", "apptainer", "docker")} == {
+            "local": "warm",
+            "dirac": "dirac",
+            "apptainer": "apptainer",
+            "docker": "docker",
+        }
         assert "Not configured: no DIRAC facility is saved" in by_name["dirac"]["description"]
+        for pool in ("apptainer", "docker"):
+            assert "Not configured: no runtime image is built" in by_name[pool]["description"]
         production = next(d for d in _filter(api, "deployments") if d["name"] == "production")
         [schedule] = production["schedules"]
         assert schedule["schedule"]["cron"] == "0 2 * * *"

@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import anyio.abc
@@ -144,8 +145,10 @@ class ApptainerWorker(ProcessWorker):
             **configuration.env,
             apptainer_launch.LAUNCH_VARIABLE: json.dumps(launch),
         }
+        started = time.monotonic()
         result = await super().run(flow_run, configuration, task_status)
-        if configuration.walltime and result.status_code == apptainer_launch.WALLTIME_EXIT:
+        # the engine may end cleanly on `timeout`'s SIGTERM (exit 0), so the clock decides
+        if configuration.walltime and time.monotonic() - started >= configuration.walltime:
             logger.error(
                 "wall time of %d s exceeded: the container was stopped", configuration.walltime
             )

@@ -27,7 +27,6 @@ KEPT_OUT = (
     "PREFECT_UI_",
 )
 PASSED = ("PREFECT_", "ESAP_")
-WALLTIME_EXIT = 124  # what `timeout` exits with when the wall time ran out
 
 
 def container_env(environ: dict[str, str], extra: list[str], home: str | None) -> dict[str, str]:
@@ -71,6 +70,8 @@ def main() -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("APPTAINERENV_")}
     environ.update(container_env(dict(os.environ), list(launch.get("env", [])), launch.get("home")))
     argv = command(launch, os.getcwd())
+    if os.getpgid(0) != os.getpid():
+        os.setsid()  # the run's own process group: the worker's kill and `timeout` stop at it
     os.execvpe(argv[0], argv, environ)
 
 

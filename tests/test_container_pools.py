@@ -1,0 +1,347 @@
+"""The `apptainer` and `docker` work pools with the runtime images built here, as operators do.
+
+`esap-prefect images build` makes the images (real Docker Engine, real Apptainer); `up`'s
+bootstrap creates the pools; `esap-prefect worker` runs our apptainer worker and
+prefect-docker's worker against the session's Prefect API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
+from prefect.deployments.runner import RunnerDeployment
+from prefect.states import Cancelling
+from prefect.types.entrypoint import EntrypointType
+
+from blocks.apptainer import ApptainerFacility
+from core.backoff import wait_until
+from deployments import runtime_image
+from deployments.bootstrap import ensure_work_pools
+from flows.hello_world import hello_world
+from tests import warm_flows
+from tests.helpers import CLI, PoolWorker, final_run, run_logs
+from tests.servers.containers import DockerEngine
+from tests.servers.venvs import CACHE, ROOT
+from workers.apptainer import ApptainerWorker
+
+pytestmark = pytest.mark.slow
+IMAGES = CACHE / "images"
+TESTS_INSIDE = "/esap-tests"  # the tests package, bound read-only, for tests.warm_flows
+
+
+@pytest.fixture(scope="module")
+def pool_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The home `up` and the workers use in this module (its images: the shared cache)."""
+    before = os.environ.get("ESAP_PREFECT_HOME")
+    home = tmp_path_factory.mktemp("pool-home")
+    os.environ["ESAP_PREFECT_HOME"] = str(home)
+    yield home
+    if before is None:
+        del os.environ["ESAP_PREFECT_HOME"]
+    else:
+        os.environ["ESAP_PREFECT_HOME"] = before
+
+
+def _build(engine: DockerEngine, singularity: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            CLI,
+            "images",
+            "build",
+            "--docker-url",
+            engine.url,
+            "--singularity",
+            str(singularity),
+            "--cache",
+            str(IMAGES),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+
+
+@pytest.fixture(scope="module")
+def pools(
+    prefect_api: str, pool_home: Path, docker_engine: DockerEngine, singularity: Path
+) -> dict[str, str]:
+    """Pools made by `up` before any image was built (their descriptions), then after."""
+    del prefect_api
+    ensure_work_pools()
+    before = {name: _pool(name)["description"] for name in ("apptainer", "docker")}
+    built = _build(docker_engine, singularity)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (pool_home / "images").symlink_to(IMAGES)
+    ApptainerFacility(singularity=str(singularity)).save("pool-apptainer", overwrite=True)
+    ensure_work_pools()
+    for fn, name, variables in _deployments(pool_home):
+        deployment = cast(
+            RunnerDeployment,
+            fn.to_deployment(
+                name=name,
+                work_pool_name=name.split("-")[0],
+                job_variables=variables,
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            ),
+        )
+        deployment.apply()
+    return before
+
+
+def _deployments(home: Path) -> list[tuple[Any, str, dict[str, Any]]]:
+    tests = f"{ROOT / 'tests'}:{TESTS_INSIDE}/tests"
+    env = {"PYTHONPATH": TESTS_INSIDE}
+    docker = {
+        "volumes": [f"{home}:{home}", f"{tests}:ro"],
+        "env": {**env, "ESAP_PREFECT_HOME": str(home)},
+    }
+    return [
+        (hello_world, "apptainer", {}),
+        (hello_world, "docker", {}),
+        (warm_flows.sleeper, "apptainer", {"binds": [f"{tests}:ro"], "env": env}),
+        (
+            warm_flows.sleeper,
+            "apptainer-walltime",
+            {"binds": [f"{tests}:ro"], "env": env, "walltime": 8},
+        ),
+        (warm_flows.sleeper, "docker", docker),
+    ]
+
+
+def _pool(name: str) -> dict[str, Any]:
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool(name)
+    defaults = {
+        key: value.get("default")
+        for key, value in pool.base_job_template["variables"]["properties"].items()
+    }
+    return {"description": pool.description, "type": pool.type, **defaults}
+
+
+@pytest.fixture(scope="module")
+def apptainer_worker(
+    pools: dict[str, str], prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PoolWorker]:
+    log = tmp_path_factory.mktemp("apptainer-worker") / "worker.log"
+    worker = PoolWorker(prefect_api, log, "--pool", "apptainer", "--name", "apptainer-test")
+    yield worker.start()
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def docker_worker(
+    pools: dict[str, str],
+    prefect_api: str,
+    docker_engine: DockerEngine,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PoolWorker]:
+    log = tmp_path_factory.mktemp("docker-worker") / "worker.log"
+    env = {"DOCKER_HOST": docker_engine.url}
+    worker = PoolWorker(prefect_api, log, "--pool", "docker", "--name", "docker-test", env=env)
+    yield worker.start()
+    worker.stop()
+
+
+def _run(deployment: str, **parameters: Any) -> FlowRun:
+    return cast(
+        FlowRun, run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
+    )
+
+
+def test_images_are_built_once_and_reused_with_their_recipe_recorded(
+    pools: dict[str, str], docker_engine: DockerEngine, singularity: Path
+) -> None:
+    again = _build(docker_engine, singularity)
+    assert again.returncode == 0, again.stderr[-2000:]
+    lines = again.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["docker", "apptainer"], lines
+    assert all(line.endswith("reused") for line in lines), "nothing changed: nothing rebuilt"
+    recorded = runtime_image.recorded(IMAGES)
+    tag, sif = recorded["docker"].reference, recorded["apptainer"].reference
+    assert tag.startswith("esap-prefect/runtime:0.1.0-") and sif.endswith(".sif")
+    with contextlib.closing(docker_engine.client()) as client:
+        image = client.images.get(tag)
+    assert image.id == recorded["docker"].digest
+    assert image.labels[runtime_image.LABEL_KEY] == recorded["docker"].key
+    labels = ApptainerFacility(singularity=str(singularity)).image_labels(sif)
+    assert labels[runtime_image.LABEL_KEY] == recorded["apptainer"].key
+
+
+def test_up_creates_the_pools_saying_what_they_lack_then_what_they_run(
+    pools: dict[str, str], singularity: Path
+) -> None:
+    for name in ("apptainer", "docker"):
+        assert "Not configured: no runtime image is built" in pools[name], pools[name]
+        assert f"esap-prefect images build --{name}" in pools[name]
+    recorded = runtime_image.recorded(IMAGES)
+    apptainer, docker = _pool("apptainer"), _pool("docker")
+    assert apptainer["type"] == "apptainer" and docker["type"] == "docker"
+    assert apptainer["image"] == recorded["apptainer"].reference
+    assert apptainer["singularity"] == str(singularity), "the saved facility's command"
+    assert f"Image: {apptainer['image']}" in apptainer["description"]
+    assert (
+        docker["image"] == recorded["docker"].reference and docker["image_pull_policy"] == "Never"
+    )
+    assert f"Image: {docker['image']}" in docker["description"]
+
+
+@pytest.mark.parametrize("pool", ["apptainer", "docker"])
+def test_hello_world_completes_in_the_runtime_image_and_archives_on_the_host(
+    pool: str, request: pytest.FixtureRequest, pool_home: Path
+) -> None:
+    request.getfixturevalue(f"{pool}_worker")
+    run = final_run(_run(f"hello-world/{pool}").id, 300)
+    assert run.state_type is StateType.COMPLETED, (run.state, run_logs(run.id)[-5:])
+    archived = list((pool_home / "results" / "hello-world" / str(run.id)).rglob("output.json"))
+    assert len(archived) == 1, "archived into the worker's home, through the shared bind"
+    assert json.loads(archived[0].read_text())["type"] == "batch.submit"
+    assert run.infrastructure_pid, "the worker recorded what it started"
+
+
+def _sleeping(deployment: str, home: Path) -> tuple[FlowRun, dict[str, Any], Path]:
+    out, hook = home / f"sleeper-{time.monotonic_ns()}.json", home / f"hook-{time.monotonic_ns()}"
+    run = _run(deployment, out=str(out), hook=str(hook))
+    wait_until(out.exists, bool, 180)
+    return run, json.loads(out.read_text()), hook
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_cancelling_an_apptainer_run_kills_its_container(
+    apptainer_worker: PoolWorker, pool_home: Path
+) -> None:
+    run, inside, _ = _sleeping("sleeper/apptainer", pool_home)
+    assert inside["pid"] != inside["ppid"] and inside["grandchild"] > 0
+    with get_client(sync_client=True) as client:
+        found = wait_until(
+            lambda: client.read_flow_run(run.id).infrastructure_pid, bool, 30
+        )  # recorded as "<host>:<pid>" once the worker has the process
+        leader = int(str(found).rsplit(":", 1)[-1])
+        assert _alive(leader)
+        client.set_flow_run_state(run.id, Cancelling(), force=True)
+    assert final_run(run.id, 120).state_type is StateType.CANCELLED
+    assert wait_until(lambda: _alive(leader), lambda alive: not alive, 30) is False
+    assert not _group_alive(leader), "nothing of the container's process group is left"
+
+
+def _group_alive(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def test_an_apptainer_run_past_its_wall_time_is_stopped_and_crashed(
+    apptainer_worker: PoolWorker, pool_home: Path
+) -> None:
+    run, _, _ = _sleeping("sleeper/apptainer-walltime", pool_home)
+    ended = final_run(run.id, 120)
+    assert ended.state_type is StateType.CRASHED, ended.state
+    logs = wait_until(lambda: run_logs(run.id), lambda ls: any("wall time" in m for m in ls), 30)
+    assert "wall time of 8 s exceeded: the container was stopped" in logs
+    assert "Worker 'apptainer-test' stopped!" not in apptainer_worker.log.read_text()
+
+
+def test_cancelling_a_docker_run_stops_its_container(
+    docker_worker: PoolWorker, docker_engine: DockerEngine, pool_home: Path
+) -> None:
+    run, _, _ = _sleeping("sleeper/docker", pool_home)
+    label = f"io.prefect.flow-run-id={run.id}"
+    with contextlib.closing(docker_engine.client()) as client:
+        [container] = client.containers.list(filters={"label": label})
+        assert container.status == "running"
+        with get_client(sync_client=True) as prefect:
+            prefect.set_flow_run_state(run.id, Cancelling(), force=True)
+        assert final_run(run.id, 120).state_type is StateType.CANCELLED
+        running = wait_until(
+            lambda: client.containers.list(filters={"label": label}), lambda c: not c, 60
+        )
+    assert running == [], "the run's container stopped"
+
+
+def _empty_pool(name: str, kind: str, template: dict[str, Any]) -> None:
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name=name, type=kind, base_job_template=template), overwrite=True
+        )
+
+
+def test_workers_of_pools_without_an_image_refuse_to_start_in_one_line(
+    pools: dict[str, str], prefect_api: str, docker_engine: DockerEngine, singularity: Path
+) -> None:
+    apptainer = ApptainerWorker.get_default_base_job_template()
+    apptainer["variables"]["properties"]["singularity"]["default"] = str(singularity)
+    _empty_pool("apptainer-empty", "apptainer", apptainer)
+    docker = json.loads(json.dumps(_docker_template()))
+    docker["variables"]["properties"]["image"]["default"] = "esap-prefect/runtime:missing"
+    _empty_pool("docker-empty", "docker", docker)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "DOCKER_HOST": docker_engine.url}
+    for pool, line in (
+        ("apptainer-empty", "the apptainer worker cannot start: the pool names no image"),
+        ("docker-empty", "error: the docker worker cannot start: the Docker Engine has no image"),
+    ):
+        answer = subprocess.run(
+            [CLI, "worker", "--pool", pool],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        said = answer.stdout + answer.stderr
+        assert answer.returncode != 0 and line in said, said[-2000:]
+        assert "esap-prefect images build" in said and "Traceback" not in said, said[-2000:]
+
+
+def _docker_template() -> dict[str, Any]:
+    from prefect_docker.worker import DockerWorker
+
+    return dict(DockerWorker.get_default_base_job_template())
+
+
+def test_the_launcher_passes_the_runs_variables_not_the_hosts() -> None:
+    from workers.apptainer_launch import container_env
+
+    environ = {
+        "PREFECT_API_URL": "http://127.0.0.1:1/api",
+        "PREFECT__FLOW_RUN_ID": str(UUID(int=1)),
+        "PREFECT_HOME": "/home/op/.prefect",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite:///secret.db",
+        "ESAP_PREFECT_HOME": "/home/op/esap",
+        "HOME": "/home/op",
+        "PATH": "/usr/bin",
+        "GREETING": "hi",
+    }
+    alone = container_env(environ, ["GREETING"], None)
+    assert alone == {
+        "APPTAINERENV_PREFECT_API_URL": "http://127.0.0.1:1/api",
+        "APPTAINERENV_PREFECT__FLOW_RUN_ID": str(UUID(int=1)),
+        "APPTAINERENV_GREETING": "hi",
+    }
+    shared = container_env(environ, [], "/home/op/esap")
+    assert shared["APPTAINERENV_ESAP_PREFECT_HOME"] == "/home/op/esap"
+    assert "APPTAINERENV_PREFECT_HOME" not in shared, "not under the shared home"
