@@ -137,7 +137,10 @@ def apptainer_worker(
     pools: dict[str, str], prefect_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PoolWorker]:
     log = tmp_path_factory.mktemp("apptainer-worker") / "worker.log"
-    worker = PoolWorker(prefect_api, log, "--pool", "apptainer", "--name", "apptainer-test")
+    env = {"ESAP_APPTAINER_WORKER_POLL_SECONDS": "1"}
+    worker = PoolWorker(
+        prefect_api, log, "--pool", "apptainer", "--name", "apptainer-test", env=env
+    )
     yield worker.start()
     worker.stop()
 
@@ -230,18 +233,40 @@ def _alive(pid: int) -> bool:
 def test_cancelling_an_apptainer_run_kills_its_container(
     apptainer_worker: PoolWorker, pool_home: Path
 ) -> None:
-    run, inside, _ = _sleeping("sleeper/apptainer", pool_home)
+    run, inside, hook = _sleeping("sleeper/apptainer", pool_home)
     assert inside["pid"] != inside["ppid"] and inside["grandchild"] > 0
+    leader = _cancel_and_wait(run.id)
+    assert not _group_alive(leader), "nothing of the container's process group is left"
+    assert hook.read_text().startswith("cancellation hook ran"), "the flow's hook ran inside"
+
+
+def _cancel_and_wait(run_id: UUID) -> int:
+    """Cancel a running run; the pid that led its container, once it has ended."""
     with get_client(sync_client=True) as client:
         found = wait_until(
-            lambda: client.read_flow_run(run.id).infrastructure_pid, bool, 30
+            lambda: client.read_flow_run(run_id).infrastructure_pid, bool, 30
         )  # recorded as "<host>:<pid>" once the worker has the process
         leader = int(str(found).rsplit(":", 1)[-1])
         assert _alive(leader)
-        client.set_flow_run_state(run.id, Cancelling(), force=True)
-    assert final_run(run.id, 120).state_type is StateType.CANCELLED
+        client.set_flow_run_state(run_id, Cancelling(), force=True)
+    assert final_run(run_id, 120).state_type is StateType.CANCELLED
     assert wait_until(lambda: _alive(leader), lambda alive: not alive, 30) is False
-    assert not _group_alive(leader), "nothing of the container's process group is left"
+    return leader
+
+
+def test_a_restarted_apptainer_worker_cancels_runs_its_predecessor_started(
+    apptainer_worker: PoolWorker, pool_home: Path
+) -> None:
+    run, _, _ = _sleeping("sleeper/apptainer", pool_home)
+    apptainer_worker.kill()  # the container lives on: it leads its own session
+    apptainer_worker.start()
+    leader = _cancel_and_wait(run.id)
+    assert not _group_alive(leader)
+    said = wait_until(
+        lambda: " ".join(run_logs(run.id)), lambda logs: "previous worker stopped" in logs, 30
+    )
+    assert "container of a previous worker stopped" in said
+    assert "Traceback" not in said, "the run outlived its worker without a broken pipe"
 
 
 def _group_alive(pgid: int) -> bool:

@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import anyio.abc
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.workers.process import (
     ProcessJobConfiguration,
     ProcessVariables,
@@ -31,6 +42,7 @@ from core.settings import home
 from workers import APPTAINER_TYPE, apptainer_launch
 
 ENGINE_COMMAND = ["python", "-m", "prefect.engine"]
+POLL_VARIABLE = "ESAP_APPTAINER_WORKER_POLL_SECONDS"
 IMAGE_HELP = (
     "The runtime image on the worker's host: a SIF file (`esap-prefect images build "
     "--apptainer` makes one; `esap-prefect up` sets it here) or a sandbox folder."
@@ -42,6 +54,17 @@ SHARE_HOME_HELP = (
     "Bind the worker's $ESAP_PREFECT_HOME at its own path, so the local archive and job "
     "folders of the run land on the host (off: the container's private /tmp, lost at exit)."
 )
+
+
+def _stop_group(pgid: int, grace: float = 10) -> None:
+    """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class ApptainerJobConfiguration(ProcessJobConfiguration):
@@ -87,8 +110,28 @@ def check_runtime(singularity: str, image: str) -> None:
         raise NoApptainer(f"the pool's image {image} is not a SIF file or sandbox on this host")
 
 
+def records() -> Path:
+    """Where launched runs note their pid (this host's home): how a new worker finds them."""
+    return home() / "apptainer-runs"
+
+
+def launched_here(pid: int, flow_run_id: UUID) -> bool:
+    """Whether `pid` still is the process launched for this run (not a pid reused since)."""
+    record = records() / f"{flow_run_id}.json"
+    try:
+        noted = json.loads(record.read_text())
+        return bool(noted["pid"] == pid and apptainer_launch.start_time(pid) == noted["start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 class ApptainerWorker(ProcessWorker):
-    """Flow runs as `apptainer exec --containall` of the runtime image, one process group each."""
+    """Flow runs as `apptainer exec --containall` of the runtime image, one process group each.
+
+    Runs this worker started are cancelled through Prefect's control channel; runs another
+    (a crashed predecessor on this host) started are found by the pid their launcher noted
+    in the home, and their process group stopped.
+    """
 
     type = APPTAINER_TYPE
     job_configuration: builtins.type[ProcessJobConfiguration] = ApptainerJobConfiguration
@@ -99,6 +142,11 @@ class ApptainerWorker(ProcessWorker):
     )
     _display_name = "Apptainer"
     _documentation_url = "https://apptainer.org/docs/user/latest/"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._own: set[UUID] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ApptainerWorker:
         await super().__aenter__()
@@ -114,7 +162,48 @@ class ApptainerWorker(ProcessWorker):
             self._logger.error("the apptainer worker cannot start: %s", exc)
             await super().__aexit__(None, None, None)
             raise SystemExit(1) from None
+        self._watch = asyncio.create_task(self._watch_orphans())
         return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await super().__aexit__(*exc_info)
+
+    async def _watch_orphans(self) -> None:
+        """Stop the containers of Cancelling runs that a previous worker here started."""
+        seconds = float(os.environ.get(POLL_VARIABLE, "5"))
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self._cancel_orphans()
+            except Exception:  # the next cycle tries again; the worker must keep running
+                self._logger.exception("looking for cancelled runs of earlier workers failed")
+
+    async def _cancel_orphans(self) -> None:
+        if self._work_pool is None:
+            return
+        runs = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))
+            ),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool.name])),
+        )
+        for run in runs:
+            pid = str(run.infrastructure_pid or "").rpartition(":")[2]
+            if run.id in self._own or not pid.isdigit():
+                continue
+            # Cancelled first: the engine, signalled without its worker's word, would report
+            # a crash, which the server then refuses for a run already final
+            await self._mark_flow_run_as_cancelled(run)
+            if await asyncio.to_thread(launched_here, int(pid), run.id):
+                await asyncio.to_thread(_stop_group, int(pid))
+                self.get_flow_run_logger(run).info(
+                    "container of a previous worker stopped (process group %s)", pid
+                )
+            (records() / f"{run.id}.json").unlink(missing_ok=True)
 
     async def run(
         self,
@@ -136,6 +225,7 @@ class ApptainerWorker(ProcessWorker):
             "binds": configuration.binds,
             "walltime": configuration.walltime,
             "home": str(home()) if configuration.share_home else None,
+            "records": str(records()),
             "command": ENGINE_COMMAND,
             "env": [k for k, v in configuration.env.items() if os.environ.get(k) != v],
         }
@@ -146,7 +236,12 @@ class ApptainerWorker(ProcessWorker):
             apptainer_launch.LAUNCH_VARIABLE: json.dumps(launch),
         }
         started = time.monotonic()
-        result = await super().run(flow_run, configuration, task_status)
+        self._own.add(flow_run.id)
+        try:
+            result = await super().run(flow_run, configuration, task_status)
+        finally:
+            self._own.discard(flow_run.id)
+            (records() / f"{flow_run.id}.json").unlink(missing_ok=True)
         # the engine may end cleanly on `timeout`'s SIGTERM (exit 0), so the clock decides
         if configuration.walltime and time.monotonic() - started >= configuration.walltime:
             logger.error(

@@ -2,14 +2,19 @@
 
 Standard library only (runs as `python -I` before anything is imported): the flow run's
 variables become APPTAINERENV_* (never arguments), the working folder is bound at its own
-path, and `timeout` enforces the wall time on the whole process group, worker or not.
+path, and `timeout` enforces the wall time on the whole process group, worker or not. It
+stays the container's parent, relaying its output, so a run outlives its worker.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from typing import Any
 
 LAUNCH_VARIABLE = "ESAP_APPTAINER_LAUNCH"
@@ -61,8 +66,24 @@ def command(launch: dict[str, Any], cwd: str) -> list[str]:
     walltime = launch.get("walltime")
     if walltime:
         timeout = shutil.which("timeout") or "/usr/bin/timeout"
-        argv = [timeout, "--kill-after=10", str(int(walltime)), *argv]
+        # --foreground: stay in the launcher's group, which the worker's kill stops
+        argv = [timeout, "--foreground", "--kill-after=10", str(int(walltime)), *argv]
     return argv
+
+
+def start_time(pid: int) -> int:
+    """When the process started, in clock ticks since boot (tells a reused pid apart)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[19])
+
+
+def note(records: str, flow_run_id: str) -> None:
+    """Write `<records>/<flow run id>.json` = this pid and its start time, for later workers."""
+    os.makedirs(records, mode=0o700, exist_ok=True)
+    path = os.path.join(records, f"{flow_run_id}.json")
+    with open(f"{path}.part", "w") as out:
+        json.dump({"pid": os.getpid(), "start": start_time(os.getpid())}, out)
+    os.replace(f"{path}.part", path)
 
 
 def main() -> None:
@@ -72,7 +93,46 @@ def main() -> None:
     argv = command(launch, os.getcwd())
     if os.getpgid(0) != os.getpid():
         os.setsid()  # the run's own process group: the worker's kill and `timeout` stop at it
-    os.execvpe(argv[0], argv, environ)
+    if launch.get("records") and os.environ.get("PREFECT__FLOW_RUN_ID"):
+        note(str(launch["records"]), os.environ["PREFECT__FLOW_RUN_ID"])
+    child = subprocess.Popen(
+        argv,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509  (the launcher starts no thread)
+    )
+    # Prefect stops a run by signalling its pid (TERM, then KILL): hand TERM and INT to the
+    # container and stay until it has ended; a KILL takes the container along (above)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda received, _: child.send_signal(received))
+    relay(child)
+    code = child.wait()
+    if code < 0:  # end as the container ended: by the same signal
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the launcher dies (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def relay(child: subprocess.Popen[bytes]) -> None:
+    """Copy the container's output to ours (the worker's pipe) until it ends.
+
+    If the worker is gone (its pipe broken), the rest is dropped rather than failing the
+    run: its logs reach the Prefect API anyway.
+    """
+    assert child.stdout is not None
+    alive = True
+    for chunk in iter(lambda: os.read(child.stdout.fileno(), 65536), b""):  # type: ignore[union-attr]
+        if alive:
+            try:
+                os.write(1, chunk)
+            except OSError:
+                alive = False
 
 
 if __name__ == "__main__":
