@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-dirac-pool bench-containers bench-cli lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-pool-start bench-dirac-pool bench-containers bench-cli lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-dirac-pool: $(STAMP)
 
 bench-pools: $(STAMP)
 	$(BIN)/python bench/pools.py
+
+bench-pool-start: $(STAMP)
+	$(BIN)/python bench/pool_start.py
 
 bench-containers: $(STAMP)
 	$(BIN)/python bench/container_facilities.py

@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,32 +69,24 @@ def _deploy_process_pool(api: str) -> None:
     ).apply()  # type: ignore[union-attr]
 
 
-def _stamp(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def one_run(api: str, deployment: str) -> dict[str, float]:
+def one_run(deployment: str) -> dict[str, float]:
     """One Hello World run of `deployment`: seconds to running and to Completed."""
-    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
 
-    [found] = httpx.post(
-        f"{api}/deployments/filter",
-        json={
-            "deployments": {"name": {"any_": [deployment]}},
-            "flows": {"name": {"any_": ["hello-world"]}},
-        },
-    ).json()
-    run = httpx.post(f"{api}/deployments/{found['id']}/create_flow_run", json={}).json()
-    while True:
-        now = httpx.get(f"{api}/flow_runs/{run['id']}").json()
-        if now["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        time.sleep(0.2)
-    assert now["state_type"] == "COMPLETED", now["state"]
-    created = _stamp(now["created"])
+    run = run_deployment(f"hello-world/{deployment}", timeout=0, as_subflow=False)
+    with get_client(sync_client=True) as client:
+        while True:
+            now = client.read_flow_run(run.id)  # type: ignore[union-attr]
+            if now.state is not None and now.state.is_final():
+                break
+            time.sleep(0.2)
+    assert now.state_type is not None and now.state_type.value == "COMPLETED", now.state
+    assert now.start_time is not None and now.end_time is not None and now.created is not None
+    created = now.created.timestamp()
     return {
-        "created -> running": _stamp(now["start_time"]) - created,
-        "created -> Completed": _stamp(now["end_time"]) - created,
+        "created -> running": now.start_time.timestamp() - created,
+        "created -> Completed": now.end_time.timestamp() - created,
     }
 
 
@@ -147,10 +138,10 @@ def main() -> None:
             )
         results: dict[str, list[dict[str, float]]] = {pool: [] for pool in POOLS}
         for deployment in POOLS.values():
-            one_run(api, deployment)  # warm up: images cached, imports compiled
+            one_run(deployment)  # warm up: images cached, imports compiled
         for _ in range(RUNS):
             for pool, deployment in POOLS.items():
-                results[pool].append(one_run(api, deployment))
+                results[pool].append(one_run(deployment))
     print(f"Hello World deployment runs per pool, {RUNS} each round-robin (after one), medians")
     phases = list(results["local"][0])
     print(f"{'pool':12}" + "".join(f"{p:>24}" for p in phases) + f"{'/ process':>12}")
