@@ -21,13 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deployments.processes import free_port  # noqa: E402
-from tests.servers.containers import DockerEngine, singularity_shim  # noqa: E402
-from tests.servers.venvs import CACHE  # noqa: E402
+from tests.servers.containers import (  # noqa: E402
+    IMAGES,
+    DockerEngine,
+    build_runtime_images,
+    singularity_shim,
+)
 from tests.stack import CLI, launch_up  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 POOLS = {"local": "local", "process": "process", "apptainer": "apptainer", "docker": "docker"}
-IMAGES = CACHE / "images"
 
 
 @contextmanager
@@ -99,22 +102,8 @@ def main() -> None:
         engine.start()
         stack.callback(engine.stop)
         singularity = singularity_shim(work / "bin", [Path(tempfile.gettempdir()), ROOT])
-        built = subprocess.run(
-            [
-                CLI,
-                "images",
-                "build",
-                "--docker-url",
-                engine.url,
-                "--singularity",
-                str(singularity),
-                "--cache",
-                str(IMAGES),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        built = build_runtime_images(engine, singularity)
+        assert built.returncode == 0, built.stderr[-3000:]
         print(built.stdout, end="")
         (home / "images").symlink_to(IMAGES)
         port, gateway_port = free_port(), free_port()

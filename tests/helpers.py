@@ -133,3 +133,12 @@ def run_logs(run_id: UUID) -> list[str]:
     with get_client(sync_client=True) as client:
         only = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
         return [line.message for line in client.read_logs(only)]
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie has ended: only its parent has not reaped it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"

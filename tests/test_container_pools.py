@@ -32,13 +32,12 @@ from deployments import runtime_image
 from deployments.bootstrap import ensure_work_pools
 from flows.hello_world import hello_world
 from tests import warm_flows
-from tests.helpers import CLI, PoolWorker, final_run, run_logs
-from tests.servers.containers import DockerEngine
-from tests.servers.venvs import CACHE, ROOT
+from tests.helpers import CLI, PoolWorker, alive, final_run, run_logs
+from tests.servers.containers import IMAGES, DockerEngine, build_runtime_images
+from tests.servers.venvs import ROOT
 from workers.apptainer import ApptainerWorker
 
 pytestmark = pytest.mark.slow
-IMAGES = CACHE / "images"
 TESTS_INSIDE = "/esap-tests"  # the tests package, bound read-only, for tests.warm_flows
 
 
@@ -55,26 +54,6 @@ def pool_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["ESAP_PREFECT_HOME"] = before
 
 
-def _build(engine: DockerEngine, singularity: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            CLI,
-            "images",
-            "build",
-            "--docker-url",
-            engine.url,
-            "--singularity",
-            str(singularity),
-            "--cache",
-            str(IMAGES),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1200,
-    )
-
-
 @pytest.fixture(scope="module")
 def pools(
     prefect_api: str, pool_home: Path, docker_engine: DockerEngine, singularity: Path
@@ -83,7 +62,7 @@ def pools(
     del prefect_api
     ensure_work_pools()
     before = {name: _pool(name)["description"] for name in ("apptainer", "docker")}
-    built = _build(docker_engine, singularity)
+    built = build_runtime_images(docker_engine, singularity)
     assert built.returncode == 0, built.stderr[-3000:]
     (pool_home / "images").symlink_to(IMAGES)
     ApptainerFacility(singularity=str(singularity)).save("pool-apptainer", overwrite=True)
@@ -168,7 +147,7 @@ def _run(deployment: str, **parameters: Any) -> FlowRun:
 def test_images_are_built_once_and_reused_with_their_recipe_recorded(
     pools: dict[str, str], docker_engine: DockerEngine, singularity: Path
 ) -> None:
-    again = _build(docker_engine, singularity)
+    again = build_runtime_images(docker_engine, singularity)
     assert again.returncode == 0, again.stderr[-2000:]
     lines = again.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["docker", "apptainer"], lines
@@ -222,21 +201,13 @@ def _sleeping(deployment: str, home: Path) -> tuple[FlowRun, dict[str, Any], Pat
     return run, json.loads(out.read_text()), hook
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
 def test_cancelling_an_apptainer_run_kills_its_container(
     apptainer_worker: PoolWorker, pool_home: Path
 ) -> None:
     run, inside, hook = _sleeping("sleeper/apptainer", pool_home)
     assert inside["pid"] != inside["ppid"] and inside["grandchild"] > 0
     leader = _cancel_and_wait(run.id)
-    assert not _group_alive(leader), "nothing of the container's process group is left"
+    assert not _groupalive(leader), "nothing of the container's process group is left"
     assert hook.read_text().startswith("cancellation hook ran"), "the flow's hook ran inside"
 
 
@@ -247,10 +218,10 @@ def _cancel_and_wait(run_id: UUID) -> int:
             lambda: client.read_flow_run(run_id).infrastructure_pid, bool, 30
         )  # recorded as "<host>:<pid>" once the worker has the process
         leader = int(str(found).rsplit(":", 1)[-1])
-        assert _alive(leader)
+        assert alive(leader)
         client.set_flow_run_state(run_id, Cancelling(), force=True)
     assert final_run(run_id, 120).state_type is StateType.CANCELLED
-    assert wait_until(lambda: _alive(leader), lambda alive: not alive, 30) is False
+    assert wait_until(lambda: alive(leader), lambda alive: not alive, 30) is False
     return leader
 
 
@@ -261,7 +232,7 @@ def test_a_restarted_apptainer_worker_cancels_runs_its_predecessor_started(
     apptainer_worker.kill()  # the container lives on: it leads its own session
     apptainer_worker.start()
     leader = _cancel_and_wait(run.id)
-    assert not _group_alive(leader)
+    assert not _groupalive(leader)
     said = wait_until(
         lambda: " ".join(run_logs(run.id)), lambda logs: "previous worker stopped" in logs, 30
     )
@@ -269,7 +240,7 @@ def test_a_restarted_apptainer_worker_cancels_runs_its_predecessor_started(
     assert "Traceback" not in said, "the run outlived its worker without a broken pipe"
 
 
-def _group_alive(pgid: int) -> bool:
+def _groupalive(pgid: int) -> bool:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
-from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -30,19 +29,11 @@ from prefect.types.entrypoint import EntrypointType
 
 from core.backoff import wait_until
 from tests import warm_flows
+from tests.helpers import alive, final_run
 from workers.warm import WarmWorker
 
 POOL = "warm-test"
 CLI = str(Path(sys.executable).parent / "esap-prefect")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie has ended: only its parent has not read its status yet
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -92,23 +83,12 @@ def _run(name: str, **parameters: Any) -> FlowRun:
     )
 
 
-def _final(run_id: UUID, timeout: float = 120) -> FlowRun:
-    with get_client(sync_client=True) as client:
-        run = wait_until(
-            lambda: client.read_flow_run(run_id),
-            lambda r: r.state is not None and r.state.is_final(),
-            timeout,
-        )
-    assert run.state is not None and run.state.is_final(), run.state
-    return run
-
-
 def test_twenty_runs_at_once_each_fork_their_own_session(
     warm_worker: int, tmp_path: Path, prefect_api: str
 ) -> None:
     runs = [_run("report", out=str(tmp_path / f"{n}.json")) for n in range(20)]
     for run in runs:
-        assert _final(run.id).state_type is StateType.COMPLETED
+        assert final_run(run.id).state_type is StateType.COMPLETED
     seen = [json.loads((tmp_path / f"{n}.json").read_text()) for n in range(20)]
     assert len({s["pid"] for s in seen}) == 20, "one process per flow run"
     assert all(s["pgid"] == s["sid"] == s["pid"] for s in seen), "each leads its own group"
@@ -134,11 +114,11 @@ def test_cancelling_a_run_kills_its_process_group_and_runs_its_hook(
     run = _run("sleeper", out=str(out), hook=str(hook))
     wait_until(out.exists, bool, 90)
     where = json.loads(out.read_text())
-    assert _alive(where["pid"]) and _alive(where["grandchild"])
+    assert alive(where["pid"]) and alive(where["grandchild"])
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(run.id, Cancelling(), force=True)
-    assert _final(run.id, 90).state_type is StateType.CANCELLED
-    gone = wait_until(lambda: [_alive(where["pid"]), _alive(where["grandchild"])], not_any, 30)
+    assert final_run(run.id, 90).state_type is StateType.CANCELLED
+    gone = wait_until(lambda: [alive(where["pid"]), alive(where["grandchild"])], not_any, 30)
     assert gone == [False, False], "the run's process and its grandchild died"
     assert hook.read_text().startswith("cancellation hook ran"), "the hook ran"
 
@@ -151,7 +131,7 @@ def not_any(values: list[bool]) -> bool:
 def test_a_child_killed_by_a_signal_crashes_its_flow_run(
     warm_worker: int, sig: signal.Signals
 ) -> None:
-    run = _final(_run("crasher", signal_number=int(sig)).id)
+    run = final_run(_run("crasher", signal_number=int(sig)).id)
     assert run.state_type is StateType.CRASHED, run.state
     assert run.state is not None and str(-int(sig)) in (run.state.message or ""), run.state
 
@@ -159,11 +139,11 @@ def test_a_child_killed_by_a_signal_crashes_its_flow_run(
 def test_the_warm_parent_outlives_a_crashed_child(warm_worker: int, tmp_path: Path) -> None:
     def parent(name: str) -> int:
         out = tmp_path / name
-        assert _final(_run("report", out=str(out)).id).state_type is StateType.COMPLETED
+        assert final_run(_run("report", out=str(out)).id).state_type is StateType.COMPLETED
         return int(json.loads(out.read_text())["ppid"])
 
     before = parent("before.json")
-    run = _final(_run("crasher", signal_number=int(signal.SIGKILL)).id)
+    run = final_run(_run("crasher", signal_number=int(signal.SIGKILL)).id)
     assert run.state_type is StateType.CRASHED
     assert parent("after.json") == before, "the same warm parent forks the next run"
 

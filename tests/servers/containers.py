@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -234,3 +235,21 @@ def build_sif(singularity: Path, target: Path, work: Path) -> Path:
         cwd=work,
     )
     return target
+
+
+IMAGES = CACHE / "images"
+
+
+def build_runtime_images(
+    engine: DockerEngine, singularity: Path
+) -> subprocess.CompletedProcess[str]:
+    """`esap-prefect images build` for both engines, cached under `.cache/images`."""
+    cli = Path(sys.executable).parent / "esap-prefect"
+    engines = ["--docker-url", engine.url, "--singularity", str(singularity)]
+    return subprocess.run(
+        [str(cli), "images", "build", *engines, "--cache", str(IMAGES)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
