@@ -192,18 +192,20 @@ class ApptainerWorker(ProcessWorker):
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool.name])),
         )
         for run in runs:
-            pid = str(run.infrastructure_pid or "").rpartition(":")[2]
-            if run.id in self._own or not pid.isdigit():
+            record = records() / f"{run.id}.json"
+            # a run without a record here was launched on another host (or has none to stop)
+            if run.id in self._own or not record.exists():
                 continue
             # Cancelled first: the engine, signalled without its worker's word, would report
             # a crash, which the server then refuses for a run already final
             await self._mark_flow_run_as_cancelled(run)
-            if await asyncio.to_thread(launched_here, int(pid), run.id):
+            pid = str(run.infrastructure_pid or "").rpartition(":")[2]
+            if pid.isdigit() and await asyncio.to_thread(launched_here, int(pid), run.id):
                 await asyncio.to_thread(_stop_group, int(pid))
                 self.get_flow_run_logger(run).info(
                     "container of a previous worker stopped (process group %s)", pid
                 )
-            (records() / f"{run.id}.json").unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
 
     async def run(
         self,
