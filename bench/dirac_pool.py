@@ -1,10 +1,11 @@
 """The `dirac` work pool against the raw diracx-client: N flow runs as N DIRAC jobs.
 
 One real DiracX server behind a counting proxy; the grid simulator completes jobs in bulk and,
-playing the nodes, marks each job's flow run Completed just before its job is Done. The pool's
-time runs from its first submission to the worker seeing the last job end; the raw client's
-from its first submission to its last search that finds every job Done (same sandbox, same
-number of JDLs, 20 a call, one search per cycle).
+playing the nodes, marks each job's flow run Completed just before its job is Done (the raw
+client's jobs carry flow runs too, made beforehand, so the nodes do the same work for both).
+The pool's time runs from its first submission to the worker seeing the last job end; the raw
+client's from its first submission to its last search that finds every job Done (same sandbox,
+same number of JDLs, 20 a call, one search per cycle).
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ POOL = "dirac-bench"
 SUBMIT = ("POST", "/api/jobs/jdl")
 SEARCH = ("POST", "/api/jobs/search")
 ENDED = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) .*DIRAC job (\d+) finished", re.MULTILINE)
+REFUSED = re.compile(r"^\d\d:\d\d:\d\d\.\d+ .*Reported flow run '.*' as crashed", re.MULTILINE)
+"""A run Prefect's SQLite answered 503 while the worker submitted it (it is never sent)."""
 
 
 def nodes_complete(names: list[str]) -> None:
     """What the bootstrap's flow runs would do on the nodes: run and complete."""
     with get_client(sync_client=True) as client:
         for name in names:
-            if name.startswith("raw"):
-                continue  # the raw client's jobs carry no flow run
             client.set_flow_run_state(UUID(name), Running(), force=True)
             client.set_flow_run_state(UUID(name), Completed(), force=True)
 
@@ -81,10 +82,23 @@ def pilot(sim: GridSimulator, stop: threading.Event) -> None:
         time.sleep(0.25)
 
 
+def trace(name: str, proxy: CountingProxy) -> None:
+    """With BENCH_TRACE=1: every DiracX call of the round, in seconds from the first."""
+    if not os.environ.get("BENCH_TRACE"):
+        return
+    start = min(proxy.times)
+    calls = " ".join(
+        f"{t - start:.2f}:{m[0]}{p.rsplit('/', 1)[-1]}"
+        for (m, p, _b), t in zip(proxy.bodies, proxy.times, strict=True)
+    )
+    print(f"{name}: {calls}", file=sys.stderr)
+
+
 def pool_round(proxy: CountingProxy, log: Path) -> dict[str, Any]:
     """N runs due together on the pool; time from the first submission to the last job seen."""
     proxy.reset()
     seen = len(ENDED.findall(log.read_text()))
+    refused = len(REFUSED.findall(log.read_text()))
     when = datetime.now(UTC) + timedelta(seconds=40)
     for _ in range(N):
         cast(
@@ -97,7 +111,11 @@ def pool_round(proxy: CountingProxy, log: Path) -> dict[str, Any]:
                 scheduled_time=when,
             ),
         )
-    while len(ENDED.findall(log.read_text())) < seen + N:
+    while True:
+        text = log.read_text()
+        lost = len(REFUSED.findall(text)) - refused
+        if len(ENDED.findall(text)) >= seen + N - lost:
+            break
         time.sleep(0.5)
     ended = ENDED.findall(log.read_text())[seen:]
     first = min(
@@ -105,6 +123,7 @@ def pool_round(proxy: CountingProxy, log: Path) -> dict[str, Any]:
     )
     last = max(datetime.strptime(t, "%H:%M:%S.%f").time() for t, _ in ended)
     end = datetime.combine(datetime.fromtimestamp(first).date(), last).timestamp()
+    trace("pool", proxy)
     follows = [
         b for m, p, b in proxy.bodies if (m, p) == SEARCH and b["search"][0]["parameter"] == "JobID"
     ]
@@ -114,13 +133,17 @@ def pool_round(proxy: CountingProxy, log: Path) -> dict[str, Any]:
         "search": proxy.count(*SEARCH),
         "follows": len(follows),
         "ids": statistics.median(len(b["search"][0]["values"]) for b in follows),
+        "lost": lost,
     }
 
 
-def raw_round(
-    prefs: DiracxPreferences, proxy: CountingProxy, tag: str, work: Path
-) -> dict[str, Any]:
+def raw_round(prefs: DiracxPreferences, proxy: CountingProxy, work: Path) -> dict[str, Any]:
     """The same N jobs with the raw client: one sandbox, 20 JDLs a call, one search a cycle."""
+    with get_client(sync_client=True) as prefect:
+        runs = [
+            str(prefect.create_flow_run(warm_flows.report, parameters={"out": "/dev/null"}).id)
+            for _ in range(N)
+        ]
     proxy.reset()
     script = work / BOOTSTRAP
     script.write_text(BOOTSTRAP_SCRIPT)
@@ -132,9 +155,9 @@ def raw_round(
 
     pfn = run_async(upload())
     jdls = [
-        f'[Executable = "/bin/sh"; Arguments = "{BOOTSTRAP} {tag}-{i}"; JobName = "{tag}-{i:04d}";'
+        f'[Executable = "/bin/sh"; Arguments = "{BOOTSTRAP} {run}"; JobName = "{run}";'
         f' InputSandbox = {{"{pfn}"}}; CPUTime = 7200;]'
-        for i in range(N)
+        for run in runs
     ]
     with SyncDiracClient(diracx_preferences=prefs) as client:
         ids = [
@@ -149,12 +172,14 @@ def raw_round(
             if all(r["Status"] == "Done" for r in rows):
                 break
             time.sleep(float(os.environ["ESAP_DIRAC_WORKER_POLL_SECONDS"]))
+    trace("raw", proxy)
     return {
         "wall": time.time() - start,
         "submit": proxy.count(*SUBMIT),
         "search": proxy.count(*SEARCH),
         "follows": proxy.count(*SEARCH),
         "ids": N,
+        "lost": 0,
     }
 
 
@@ -226,8 +251,8 @@ def main() -> None:
             grid = threading.Thread(target=pilot, args=(sim, stop), daemon=True)
             grid.start()
             prefs = DiracxPreferences(url=proxy.url, credentials_path=owner)
-            for r in range(ROUNDS):
-                results["raw diracx-client"].append(raw_round(prefs, proxy, f"raw{r}", root))
+            for _ in range(ROUNDS):
+                results["raw diracx-client"].append(raw_round(prefs, proxy, root))
                 results["dirac pool"].append(pool_round(proxy, log))
     finally:
         stop.set()
@@ -235,7 +260,10 @@ def main() -> None:
             grid.join()
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(60)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
         proxy.stop()
         server.stop()
     raw = statistics.median(r["wall"] for r in results["raw diracx-client"])
@@ -243,14 +271,14 @@ def main() -> None:
     print(f"dirac pool: {N} flow runs as {N} DIRAC jobs, {ROUNDS} rounds, medians; poll {poll} s")
     print(
         f"{'':20}{'wall s':>8}{'submit calls':>14}{'searches':>10}{'follow searches':>17}"
-        f"{'jobs per follow':>17}{'ratio':>8}"
+        f"{'jobs per follow':>17}{'ratio':>8}{'refused':>9}"
     )
     for name, rounds in results.items():
         wall = statistics.median(r["wall"] for r in rounds)
         last = rounds[-1]
         print(
             f"{name:20}{wall:8.2f}{last['submit']:14d}{last['search']:10d}{last['follows']:17d}"
-            f"{last['ids']:17g}{wall / raw:7.2f}x"
+            f"{last['ids']:17g}{wall / raw:7.2f}x{sum(r['lost'] for r in rounds):9d}"
         )
     print(
         f"target: submit calls = ceil(N/20) = {-(-N // 20)}; every follow search covers all "

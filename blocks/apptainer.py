@@ -78,7 +78,7 @@ class ApptainerFacility(LocalFacility):
         assert spec.image is not None
         self.local_image(spec.image)
 
-    def _images(self) -> Path:
+    def image_cache_dir(self) -> Path:
         cache = (self.image_cache or self._root() / ".images").expanduser().resolve()
         cache.mkdir(parents=True, exist_ok=True)
         return cache
@@ -103,7 +103,7 @@ class ApptainerFacility(LocalFacility):
             raise FatalError(
                 f"image {image}: scheme {scheme} is not one of {', '.join(PULLED_SCHEMES)}"
             )
-        target = self._images() / f"{hashlib.sha256(image.encode()).hexdigest()[:32]}.sif"
+        target = self.image_cache_dir() / f"{hashlib.sha256(image.encode()).hexdigest()[:32]}.sif"
         if target.exists():
             return target
         partial = target.with_name(target.stem + ".partial.sif")
@@ -145,7 +145,7 @@ class ApptainerFacility(LocalFacility):
         command = shutil.which(self.singularity)
         if command is None:
             raise FatalError(f"{self.singularity} is not an executable command on this host")
-        shims = self._images() / ".spython-bin"
+        shims = self.image_cache_dir() / ".spython-bin"
         shims.mkdir(exist_ok=True)
         link = shims / "singularity"
         if not link.is_symlink() or os.readlink(link) != command:

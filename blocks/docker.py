@@ -103,7 +103,7 @@ class DockerFacility(FacilityBlock):
         return root
 
     @contextlib.contextmanager
-    def _engine(self) -> Iterator[docker.DockerClient]:
+    def engine(self) -> Iterator[docker.DockerClient]:
         try:
             client = (
                 docker.DockerClient(base_url=self.base_url) if self.base_url else docker.from_env()
@@ -125,7 +125,7 @@ class DockerFacility(FacilityBlock):
 
     def engine_version(self) -> str:
         """The engine's version, or an error saying why it cannot be reached."""
-        with self._engine() as client:
+        with self.engine() as client:
             return str(client.version().get("Version", "unknown"))
 
     def _image(self, client: docker.DockerClient, image: str) -> None:
@@ -146,7 +146,7 @@ class DockerFacility(FacilityBlock):
         """Create and start one container per job; names already submitted are reused."""
         root = self._root()
         todo = [s for s in specs if not self._known(root, s)]
-        with self._engine() as client:
+        with self.engine() as client:
             for image in {s.image for s in specs if s.image}:
                 self._image(client, image)
             for spec in todo:
@@ -208,7 +208,7 @@ class DockerFacility(FacilityBlock):
         pending = [r for r in refs if not (meta_dir(root / r.job_id) / FINAL).exists()]
         listed: dict[str, dict[str, Any]] = {}
         if pending:
-            with self._engine() as client:
+            with self.engine() as client:
                 for item in client.api.containers(all=True, filters={"label": LABEL}):
                     listed[item["Labels"][LABEL]] = item
                 for ref in pending:
@@ -268,7 +268,7 @@ class DockerFacility(FacilityBlock):
         """Remove the containers of jobs whose end and logs are recorded."""
         if not refs:
             return
-        with self._engine() as client:
+        with self.engine() as client:
             for ref in refs:
                 with contextlib.suppress(NotFound, APIError):
                     client.api.remove_container(_container_name(ref.job_id))
@@ -279,7 +279,7 @@ class DockerFacility(FacilityBlock):
         running = [r for r in refs if not (meta_dir(root / r.job_id) / FINAL).exists()]
         live: dict[JobRef, JobLog] = {}
         if running:
-            with self._engine() as client:
+            with self.engine() as client:
                 for ref in running:
                     with contextlib.suppress(NotFound, APIError):
                         live[ref] = _live_log(client, ref, limit)
@@ -290,7 +290,7 @@ class DockerFacility(FacilityBlock):
         root = self._root()
         live = [s.ref for s in self.poll(refs) if not s.state.is_final]
         if live:
-            with self._engine() as client:
+            with self.engine() as client:
                 for ref in live:
                     (meta_dir(root / ref.job_id) / CANCELLED).touch()
                     with contextlib.suppress(NotFound, APIError):

@@ -95,7 +95,7 @@ class FacilityBlock(Block, ABC):
 
     def check(self, spec: JobSpec) -> None:
         """JobRefused unless the facility can take the job: its kind, cores, memory, time."""
-        runs_images = bool(self.tasktypes & CONTAINER_TYPES)
+        runs_images = bool(self.task_types() & CONTAINER_TYPES)
         if runs_images and spec.image is None:
             raise JobRefused(
                 f"job {spec.name} names no image; facility {self.facility_name} runs containers"
@@ -133,12 +133,16 @@ class FacilityBlock(Block, ABC):
         """Where the facility's service is, for the planner's offers."""
         return None
 
+    def task_types(self) -> frozenset[TaskType]:
+        """The task types this facility runs (its kind's, unless its settings add some)."""
+        return self.tasktypes
+
     def capabilities(self) -> Capabilities:
         """Task types and resource limits, for the planner."""
         return Capabilities(
             facility=self.facility_name,
             kind=self.kind,
-            tasktypes=self.tasktypes,
+            tasktypes=self.task_types(),
             maxcores=self.max_cores,
             maxmemory=self.max_memory,
             maxduration=self.max_duration,

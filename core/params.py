@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 
@@ -164,6 +164,24 @@ def check_parameter(fn: Callable[..., Any], name: str, value: Any) -> Any:
         raise ParameterError(describe(exc).removeprefix("(root): ")) from None
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+CROSS_CHECK = "__esap_cross_check__"
+
+
+def cross_checked(check: Callable[[dict[str, Any]], None]) -> Callable[[F], F]:
+    """Attach a check of the parameters together (ranges, options that go with others).
+
+    `validate_parameters` runs it on all values, defaults included, after each was checked
+    alone; its ValueError becomes the ParameterError the caller answers with (400, exit 2).
+    """
+
+    def attach(fn: F) -> F:
+        setattr(fn, CROSS_CHECK, check)
+        return fn
+
+    return attach
+
+
 def validate_parameters(
     fn: Callable[..., Any], parameters: dict[str, Any], workflow: str, *, as_json: bool = False
 ) -> dict[str, Any]:
@@ -190,6 +208,12 @@ def validate_parameters(
         checked = model.model_validate(parameters)
     except ValidationError as exc:
         raise ParameterError(f"invalid parameter for {workflow}: {describe(exc)}") from None
+    cross_check = getattr(fn, CROSS_CHECK, None)
+    if cross_check is not None:
+        try:
+            cross_check({name: getattr(checked, name) for name in accepted})
+        except ValueError as exc:
+            raise ParameterError(f"invalid parameters for {workflow}: {exc}") from None
     if as_json:
         return checked.model_dump(mode="json", include=set(parameters))
     return {name: getattr(checked, name) for name in parameters}

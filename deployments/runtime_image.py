@@ -10,12 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -27,21 +24,23 @@ import docker
 import docker.errors
 
 from blocks.apptainer import ApptainerFacility
+from blocks.images import (
+    base_image,
+    base_key,
+    base_root,
+    build_proxies,
+    docker_engine,
+    images_cache,
+    sif_digest,
+    trust_store,
+)
 from core.errors import FatalError
 from core.files import write_json
-from core.settings import home
 
-SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "ca-certificates")
-MIRROR_VARIABLE = "ESAP_PREFECT_DEBIAN_MIRROR"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 RUNTIME = "esap-prefect/runtime"
-BASE = "esap-prefect/base"
 LABEL_KEY = "org.esap-prefect.recipe-key"
 RECORD = "runtime-images.json"
 CA_BUNDLE = "ca-certificates.crt"
-SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 Engine = Literal["docker", "apptainer"]
 
 
@@ -88,8 +87,8 @@ class Context:
 
 
 def default_cache() -> Path:
-    """Where the base root, the build context and the SIFs live: $ESAP_PREFECT_HOME/images."""
-    return home() / "images"
+    """Where the base root, the build context and the SIFs live (see `images_cache`)."""
+    return images_cache()
 
 
 def is_runtime(image: str) -> bool:
@@ -183,87 +182,6 @@ def prepare(cache: Path, wheel: Path | None = None, lock: Path | None = None) ->
     return Context(folder, wheel.name, version, lock_digest, key)
 
 
-def trust_store() -> Path:
-    """The host's CA bundle, used only while the build downloads (sites behind TLS proxies).
-
-    Raises:
-        FatalError: $SSL_CERT_FILE names no file and the system bundle is missing.
-    """
-    path = Path(os.environ.get("SSL_CERT_FILE") or SYSTEM_CA_BUNDLE)
-    if not path.is_file():
-        raise FatalError(f"no CA bundle at {path}: set SSL_CERT_FILE or install ca-certificates")
-    return path
-
-
-def base_key() -> str:
-    """What the base is made of: suite and packages (the mirror does not change it)."""
-    return hashlib.sha256(f"{SUITE} {' '.join(BASE_PACKAGES)}".encode()).hexdigest()
-
-
-def base_root(cache: Path) -> Path:
-    """Debian's minimal root with Python, made once with debootstrap (about a minute).
-
-    Raises:
-        FatalError: debootstrap is missing or failed.
-    """
-    root = cache / f"base-{SUITE}-{base_key()[:12]}"
-    if (root / ".esap-ready").exists():
-        return root
-    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
-    if not Path(debootstrap).exists():
-        raise FatalError("debootstrap is needed to build the base: apt-get install debootstrap")
-    shutil.rmtree(root, ignore_errors=True)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [
-            debootstrap,
-            "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
-            SUITE,
-            str(root),
-            os.environ.get(MIRROR_VARIABLE, DEFAULT_MIRROR),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = " | ".join(done.stdout.strip().splitlines()[-3:])
-        raise FatalError(f"debootstrap {SUITE} failed: {tail}")
-    for cached in (root / "var" / "cache" / "apt" / "archives").glob("*.deb"):
-        cached.unlink()
-    # device nodes: engines mount their own /dev, and a rootless build cannot copy them
-    shutil.rmtree(root / "dev")
-    (root / "dev").mkdir()
-    (root / ".esap-ready").touch()
-    return root
-
-
-def _engine(docker_url: str | None) -> docker.DockerClient:
-    try:
-        client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        where = docker_url or os.environ.get("DOCKER_HOST", "the default socket")
-        raise FatalError(f"no Docker Engine answers at {where}: {exc}") from None
-    return client
-
-
-def _base_image(client: docker.DockerClient, cache: Path) -> str:
-    tag = f"{BASE}:{SUITE}-{base_key()[:12]}"
-    with contextlib.suppress(docker.errors.ImageNotFound):
-        client.images.get(tag)
-        return tag
-    root = base_root(cache)
-    with tempfile.TemporaryFile(dir=cache) as archive:
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            tar.add(root, arcname=".", filter=lambda m: None if m.name == "./.esap-ready" else m)
-        archive.seek(0)
-        repository, _, version = tag.partition(":")
-        client.api.import_image_from_data(archive, repository=repository, tag=version)
-    return tag
-
-
 def build_docker(context: Context, cache: Path, docker_url: str | None = None) -> BuiltImage:
     """The runtime image in the Docker Engine, reused when its recipe key is unchanged.
 
@@ -271,18 +189,18 @@ def build_docker(context: Context, cache: Path, docker_url: str | None = None) -
         FatalError: no engine answers, or the build failed (with the build's last lines).
     """
     started = time.monotonic()
-    with contextlib.closing(_engine(docker_url)) as client:
+    with contextlib.closing(docker_engine(docker_url)) as client:
         with contextlib.suppress(docker.errors.ImageNotFound):
             image = client.images.get(context.tag)
             if (image.labels or {}).get(LABEL_KEY) == context.key:
                 return _built("docker", context, context.tag, image.id, True, started)
-        base = _base_image(client, cache)
+        base = base_image(client, cache)
         shutil.copy2(recipe("Dockerfile"), context.folder / "Dockerfile")
         try:
             image, _ = client.images.build(
                 path=str(context.folder),
                 tag=context.tag,
-                buildargs={**context.build_args(base), **_proxies()},
+                buildargs={**context.build_args(base), **build_proxies()},
                 network_mode="host",
                 rm=True,
                 forcerm=True,
@@ -306,26 +224,13 @@ def build_apptainer(context: Context, cache: Path, singularity: str) -> BuiltIma
     if target.exists():
         with contextlib.suppress(FatalError):
             if facility.image_labels(str(target)).get(LABEL_KEY) == context.key:
-                return _built("apptainer", context, str(target), _sif_digest(target), True, started)
+                return _built("apptainer", context, str(target), sif_digest(target), True, started)
     base = base_root(cache)
     partial = target.with_name(target.stem + ".partial.sif")
     arguments = {**context.build_args(str(base)), "CONTEXT": str(context.folder)}
     facility.build_image(recipe("esap-prefect.def"), partial, arguments)
     partial.replace(target)
-    return _built("apptainer", context, str(target), _sif_digest(target), False, started)
-
-
-def _proxies() -> dict[str, str]:
-    """The host's proxy settings, which Docker passes to the build's steps only."""
-    return {name: os.environ[name] for name in PROXY_VARIABLES if os.environ.get(name)}
-
-
-def _sif_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    return _built("apptainer", context, str(target), sif_digest(target), False, started)
 
 
 def _built(
@@ -362,7 +267,7 @@ def check_docker_image(image: str, docker_url: str | None = None) -> None:
     Raises:
         FatalError: no engine answers, or it lacks the image (and how to build it).
     """
-    with contextlib.closing(_engine(docker_url)) as client:
+    with contextlib.closing(docker_engine(docker_url)) as client:
         try:
             client.images.get(image)
         except docker.errors.ImageNotFound:

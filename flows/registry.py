@@ -93,6 +93,17 @@ WORKFLOWS: dict[str, Workflow] = {
             "that RUCIO_CONFIG names.",
         ),
         Workflow(
+            name="concordia",
+            entrypoint="flows.concordia:concordia",
+            deployment_name="default",
+            description="CONCORDIA: containerised CORSIKA air-shower simulation; the image of "
+            "the build configuration is selected if built, built otherwise (Docker, "
+            "Apptainer), or listed (DIRAC).",
+            tags=("esap", "concordia", "corsika"),
+            deployment_notes="Builds need the licensed CORSIKA source: save a CORSIKA Source "
+            "block named default (its tarball path). DIRAC runs images its facility lists.",
+        ),
+        Workflow(
             name="run-container",
             entrypoint="flows.run_container:run_container",
             deployment_name="default",

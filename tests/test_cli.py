@@ -80,7 +80,7 @@ def test_unknown_workflow_lists_the_known_ones() -> None:
     assert_clean_error(
         cli("run", "hello-universe"),
         "unknown workflow 'hello-universe'",
-        "known workflows: cta-mc-production, data-staging, hello-world",
+        "known workflows: concordia, cta-mc-production, data-staging, hello-world",
     )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import anyio.abc
 from prefect.client.schemas.filters import (
@@ -99,6 +100,8 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         self._loop_task: asyncio.Task[None] | None = None
         self._facilities: dict[str, DiracFacility] = {}
         self._adopted: set[asyncio.Task[None]] = set()
+        self._submitted = asyncio.Event()
+        self._sent: set[UUID] = set()
         self.cycles = 0
 
     # -- life ----------------------------------------------------------------------------------
@@ -170,28 +173,42 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         return await self._conclude(job, await job.done)
 
     async def _submit_gathered(self) -> None:
-        """One bulk submission per facility for every run queued while gathering."""
-        deadline = asyncio.get_running_loop().time() + GATHER_SECONDS
-        while asyncio.get_running_loop().time() < deadline:
-            queued = {item.flow_run.id for item in self._queue}
-            if queued >= self._submitting_flow_run_ids:
-                break  # every run of this poll that Prefect let through is here
-            await asyncio.sleep(0.05)
-        batch, self._queue = self._queue, []
-        groups: dict[tuple[str, str], list[_Submission]] = {}
-        for item in batch:
-            key = (item.facility.facility_name, item.facility.model_dump_json())
-            groups.setdefault(key, []).append(item)
-        for items in groups.values():
-            try:
-                specs = [i.configuration.job_spec(i.flow_run) for i in items]
-                refs = await asyncio.to_thread(items[0].facility.submit, specs)
-            except Exception as exc:
-                for item in items:
-                    item.submitted.set_exception(exc)
-            else:
-                for item, ref in zip(items, refs, strict=True):
-                    item.submitted.set_result(ref)
+        """One bulk submission per facility for every run queued while gathering.
+
+        Runs queued while a submission is on the wire go out in the next round of this same
+        task (a run queued then sees this task still running and starts no other).
+        """
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            deadline = loop.time() + GATHER_SECONDS
+            while loop.time() < deadline:
+                # runs stay in Prefect's submitting set a while after their job is sent
+                self._sent &= self._submitting_flow_run_ids
+                queued = {item.flow_run.id for item in self._queue}
+                if queued >= self._submitting_flow_run_ids - self._sent:
+                    break  # every run of this poll that Prefect let through is here
+                await asyncio.sleep(0.05)
+            batch, self._queue = self._queue, []
+            groups: dict[tuple[str, str], list[_Submission]] = {}
+            for item in batch:
+                key = (item.facility.facility_name, item.facility.model_dump_json())
+                groups.setdefault(key, []).append(item)
+            for items in groups.values():
+                await self._submit_group(items)
+
+    async def _submit_group(self, items: list[_Submission]) -> None:
+        try:
+            specs = [i.configuration.job_spec(i.flow_run) for i in items]
+            refs = await asyncio.to_thread(items[0].facility.submit, specs)
+        except Exception as exc:
+            for item in items:
+                item.submitted.set_exception(exc)
+            return
+        for item, ref in zip(items, refs, strict=True):
+            self._jobs.setdefault(ref.job_id, _Job(item.flow_run, item.facility, ref))
+            self._sent.add(item.flow_run.id)
+            item.submitted.set_result(ref)
+        self._submitted.set()
 
     async def _conclude(self, job: _Job, status: JobStatus) -> DiracWorkerResult:
         """0 when the job ended well or its run is final; else the run is Crashed with why."""
@@ -233,7 +250,10 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
     # -- following ------------------------------------------------------------------------------
 
     async def _follow_loop(self) -> None:
+        """A cycle every POLL_SECONDS (from the start of the last), one at once on submission."""
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 if self.cycles % ADOPT_EVERY == 0:
                     await self._adopt()
@@ -241,7 +261,10 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
             except Exception:
                 self._logger.exception("dirac worker: following jobs failed; trying again")
             self.cycles += 1
-            await asyncio.sleep(POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                wait = max(0.0, started + POLL_SECONDS - loop.time())
+                await asyncio.wait_for(self._submitted.wait(), wait)
+            self._submitted.clear()
 
     async def _cycle(self) -> None:
         """One search per facility for every followed job; cancelled runs' jobs killed."""
@@ -253,15 +276,18 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
             by_facility.setdefault(job.facility.facility_name, []).append(job)
         for jobs in by_facility.values():
             statuses = await asyncio.to_thread(jobs[0].facility.poll, [j.ref for j in jobs])
-            stalled = []
+            stalled = [
+                (job, status)
+                for job, status in zip(jobs, statuses, strict=True)
+                if not status.state.is_final and status.detail.startswith("Stalled")
+            ]
+            if stalled:  # killed before their runs are crashed: nothing is left running
+                await asyncio.to_thread(jobs[0].facility.cancel, [j.ref for j, _ in stalled])
+            for job, status in stalled:
+                job.done.set_result(status.model_copy(update={"state": JobState.FAILED}))
             for job, status in zip(jobs, statuses, strict=True):
                 if status.state.is_final:
                     job.done.set_result(status)
-                elif status.detail.startswith("Stalled"):
-                    stalled.append(job)
-                    job.done.set_result(status.model_copy(update={"state": JobState.FAILED}))
-            if stalled:
-                await asyncio.to_thread(jobs[0].facility.cancel, [j.ref for j in stalled])
         await self._cancel_requested(live)
 
     async def _cancel_requested(self, live: dict[str, _Job]) -> None:

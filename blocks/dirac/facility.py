@@ -49,10 +49,20 @@ from core.jobs import (
 from core.settings import home
 from core.states import JobState, from_dirac
 from core.units import Duration, Memory
+from planner.models import TaskType
 
 ENV_SCRIPT = "esap-env.sh"
 """The job's environment travels in its input sandbox: JDL is readable by many, and DIRAC
 has no secret environment. The job runs `/bin/sh esap-env.sh <executable> <arguments>`."""
+CONTAINER_SCRIPT = "esap-container.sh"
+CONTAINER_SCRIPT_TEXT = """\
+# esap-prefect: the job's command in its Apptainer image, the job's folder bound and current
+command=$1 image=$2
+shift 2
+exec "$command" exec --containall --bind "$PWD" --pwd "$PWD" "$image" "$@"
+"""
+"""Jobs with an image run `/bin/sh esap-container.sh <apptainer> <image> <command...>` on the
+node (a clean environment: the job's variables go in as APPTAINERENV_*)."""
 MAX_PER_CALL = 20
 MAX_PER_PAGE = 10000
 SANDBOX_LOGS = ("std.out", "std.err")
@@ -114,8 +124,23 @@ class DiracFacility(FacilityBlock):
         default="72h", validate_default=True, description="Longest CPU time one job may ask for."
     )
     preference: int = Field(default=200, description="Planner rank, lower preferred.")
+    singularity: str | None = Field(
+        default=None,
+        description="The apptainer command on the grid nodes; set, jobs may run container "
+        "images (Apptainer images the nodes can read, e.g. on CVMFS).",
+    )
+    images: dict[str, str] = Field(
+        default_factory=dict,
+        description="Images the nodes can read, by key (CONCORDIA: CORSIKA configuration key "
+        "-> SIF path on CVMFS).",
+    )
 
     servicetype: ClassVar[str] = "uri://dirac"
+
+    def task_types(self) -> frozenset[TaskType]:
+        """Programs; and Apptainer images when the nodes have the command."""
+        extra = {TaskType.SINGULARITY} if self.singularity else set()
+        return self.tasktypes | extra
 
     def endpoint(self) -> str | None:
         """The DiracX server."""
@@ -177,6 +202,11 @@ class DiracFacility(FacilityBlock):
     ) -> JobDescription:
         group_dir = spec.group or "ungrouped"
         executable, arguments = spec.executable, spec.arguments
+        if spec.image is not None:
+            assert self.singularity is not None  # check() refuses images otherwise
+            command = [executable] if executable else []
+            executable = "/bin/sh"
+            arguments = [CONTAINER_SCRIPT, self.singularity, spec.image, *command, *arguments]
         if spec.env:
             executable, arguments = "/bin/sh", [ENV_SCRIPT, executable, *arguments]
         return JobDescription(
@@ -509,12 +539,21 @@ class DiracFacility(FacilityBlock):
 
 
 def _sandboxed(spec: JobSpec) -> list[InputFile]:
-    """The job's input files, and its environment as a script that exports it and runs it."""
+    """The job's inputs, its environment as a script, and an image's container script.
+
+    The environment script exports the variables (for an image also as APPTAINERENV_*).
+    """
+    inputs = list(spec.inputs)
+    if spec.image is not None:
+        inputs.append(InputFile(name=CONTAINER_SCRIPT, content=CONTAINER_SCRIPT_TEXT))
     if not spec.env:
-        return list(spec.inputs)
-    lines = [f"export {name}={shlex.quote(value)}" for name, value in spec.env.items()]
+        return inputs
+    env = dict(spec.env)
+    if spec.image is not None:
+        env |= {f"APPTAINERENV_{name}": value for name, value in spec.env.items()}
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     script = "\n".join(["# esap-prefect: the job's environment", *lines, 'exec "$@"', ""])
-    return [*spec.inputs, InputFile(name=ENV_SCRIPT, content=script)]
+    return [*inputs, InputFile(name=ENV_SCRIPT, content=script)]
 
 
 def _digest(spec: JobSpec) -> str:
