@@ -83,8 +83,8 @@ def flow_function(name: str) -> Callable[..., Any]:
 
 
 def find_workflow(name: str) -> Workflow:
-    """A workflow by name, deployment name or ESAP alias; ParameterError listing the known."""
-    key = ALIASES.get(name, name)
+    """A workflow by name (any case), deployment or ESAP alias; ParameterError listing the known."""
+    key = ALIASES.get(name, name).lower()  # ESAP's catalogue says CONCORDIA
     for workflow in WORKFLOWS.values():
         if key in (workflow.name, workflow.deployment):
             return workflow

@@ -298,3 +298,15 @@ def cli_with(
     return subprocess.run(
         [CLI, *args], capture_output=True, text=True, env=full, timeout=timeout, check=False
     )
+
+
+def test_concordia_refuses_a_range_upside_down_and_a_keyword_the_build_lacks() -> None:
+    assert_clean_error(
+        cli("run", "concordia", "-p", "energy_range=[1000, 10]"),
+        "invalid parameters for concordia",
+        "energy range upside down: maximum 10 GeV is below minimum 1000 GeV",
+    )
+    assert_clean_error(
+        cli("run", "concordia", "-p", "viewcone=[0, 5]", "-p", "options=[\"IACT\"]"),
+        "VIEWCONE needs VIEWCONE",
+    )

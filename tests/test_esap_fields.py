@@ -117,6 +117,13 @@ def test_workflow_file_fields_map_where_the_flow_has_a_meaning_for_them() -> Non
                             "dirac_path": "/vo.cta.in2p3.fr/user/e/esap/"})  # fmt: skip
     assert hello.parameters["output_se"] == "CC-IN2P3-USER"
     assert hello.parameters["output_path"] == "/vo.cta.in2p3.fr/user/e/esap/"
+    # ESAP's CONCORDIA workflow file: its image is used as it is, cputime has no meaning
+    concordia = job_parameters({"workflow": "CONCORDIA", "singularity_image": "corsika:7.7",
+                                "cputime": "500", "runs": "3"})  # fmt: skip
+    assert concordia.workflow.name == "concordia"
+    assert concordia.parameters == {"image": "corsika:7.7", "runs": 3}
+    with pytest.raises(ParameterError, match="energy range upside down"):
+        job_parameters({"workflow": "CONCORDIA", "energy_range": "[1000, 10]"})
 
 
 @pytest.mark.parametrize(
