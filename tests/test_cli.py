@@ -307,6 +307,6 @@ def test_concordia_refuses_a_range_upside_down_and_a_keyword_the_build_lacks() -
         "energy range upside down: maximum 10 GeV is below minimum 1000 GeV",
     )
     assert_clean_error(
-        cli("run", "concordia", "-p", "viewcone=[0, 5]", "-p", "options=[\"IACT\"]"),
+        cli("run", "concordia", "-p", "viewcone=[0, 5]", "-p", 'options=["IACT"]'),
         "VIEWCONE needs VIEWCONE",
     )
