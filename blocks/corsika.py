@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import docker.errors
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
@@ -26,7 +25,7 @@ from blocks.apptainer import ApptainerFacility
 from blocks.dirac.facility import DiracFacility
 from blocks.docker import DockerFacility
 from blocks.facility import FacilityBlock
-from blocks.images import base_image, base_root, build_proxies, images_cache, sif_digest
+from blocks.images import base_image, base_root, docker_build, images_cache, sif_digest
 from core.corsika import BuildConfig
 from core.errors import FatalError
 from core.settings import home
@@ -229,20 +228,8 @@ def _build(
             tag = _tag(build, key)
             with facility.engine() as client:
                 base = base_image(client, cache)
-                try:
-                    image, _ = client.images.build(
-                        path=str(context),
-                        tag=tag,
-                        buildargs={**arguments, "BASE": base, **build_proxies()},
-                        network_mode="host",
-                        rm=True,
-                        forcerm=True,
-                    )
-                except docker.errors.BuildError as exc:
-                    lines = [str(step.get("stream", "")).strip() for step in exc.build_log]
-                    tail = " | ".join(line for line in lines if line)[-600:]
-                    raise FatalError(f"building {tag} failed: {exc.msg}: {tail}") from None
-            return tag, str(image.id)
+                image_id = docker_build(client, context, tag, {**arguments, "BASE": base})
+            return tag, image_id
         target = _sif(facility, key)
         partial = target.with_name(target.stem + ".partial.sif")
         options = {**arguments, "BASE": str(base_root(cache)), "CONTEXT": str(context)}

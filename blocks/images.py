@@ -128,3 +128,27 @@ def images_cache() -> Path:
     """Where bases, build contexts and SIFs live: $ESAP_PREFECT_IMAGES, or <home>/images."""
     configured = os.environ.get(CACHE_VARIABLE)
     return Path(configured).expanduser() if configured else home() / "images"
+
+
+def docker_build(
+    client: docker.DockerClient, folder: Path, tag: str, arguments: dict[str, str]
+) -> str:
+    """Build `folder` (its Dockerfile) as `tag` with the host's proxies; the image's id.
+
+    Raises:
+        FatalError: the build failed, with its last lines.
+    """
+    try:
+        image, _ = client.images.build(
+            path=str(folder),
+            tag=tag,
+            buildargs={**arguments, **build_proxies()},
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+        )
+    except docker.errors.BuildError as exc:
+        lines = [str(step.get("stream", "")).strip() for step in exc.build_log]
+        tail = " | ".join(line for line in lines if line)[-600:]
+        raise FatalError(f"building {tag} failed: {exc.msg}: {tail}") from None
+    return str(image.id)

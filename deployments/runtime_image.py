@@ -28,7 +28,7 @@ from blocks.images import (
     base_image,
     base_key,
     base_root,
-    build_proxies,
+    docker_build,
     docker_engine,
     images_cache,
     sif_digest,
@@ -196,20 +196,8 @@ def build_docker(context: Context, cache: Path, docker_url: str | None = None) -
                 return _built("docker", context, context.tag, image.id, True, started)
         base = base_image(client, cache)
         shutil.copy2(recipe("Dockerfile"), context.folder / "Dockerfile")
-        try:
-            image, _ = client.images.build(
-                path=str(context.folder),
-                tag=context.tag,
-                buildargs={**context.build_args(base), **build_proxies()},
-                network_mode="host",
-                rm=True,
-                forcerm=True,
-            )
-        except docker.errors.BuildError as exc:
-            lines = [str(step.get("stream", "")).strip() for step in exc.build_log]
-            tail = " | ".join(line for line in lines if line)[-600:]
-            raise FatalError(f"building {context.tag} failed: {exc.msg}: {tail}") from None
-        return _built("docker", context, context.tag, str(image.id), False, started)
+        image_id = docker_build(client, context.folder, context.tag, context.build_args(base))
+        return _built("docker", context, context.tag, image_id, False, started)
 
 
 def build_apptainer(context: Context, cache: Path, singularity: str) -> BuiltImage:

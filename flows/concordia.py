@@ -29,6 +29,7 @@ from core.corsika import (
     CpuFlavour,
     HighEnergyModel,
     LowEnergyModel,
+    ParticleFile,
     Primary,
     SteeringCard,
     Telescope,
@@ -38,7 +39,15 @@ from core.corsika import (
 from core.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, OutputFile
 from core.params import cross_checked, describe
 from core.states import JobState
-from flows.pipeline import JobReport, PipelineResult, cancel_facility_jobs, execute, job_prefix
+from flows.pipeline import (
+    JobReport,
+    PipelineResult,
+    archive_by_run,
+    cancel_facility_jobs,
+    execute,
+    job_prefix,
+    run_number,
+)
 from planner.models import PlanResponse, Resources, TaskRequest, TaskType
 from tasks.archive import archive_outputs, find_archived
 from tasks.corsika import corsika_image
@@ -79,16 +88,9 @@ DEFAULT_ARRAY = (
 """An example IACT array (four large telescopes, 100 m apart), not a CTAO layout."""
 
 
-class RunOutput(BaseModel):
-    """One simulated run, as read back from its particle file."""
+class RunOutput(ParticleFile):
+    """One simulated run: what its particle file says, its size, its card's digest."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    run: int
-    showers: int
-    primary: int
-    energy_min: float
-    energy_max: float
     particle_file_bytes: int
     card_sha256: str
 
@@ -224,10 +226,6 @@ def archived_runs(names: list[str]) -> set[int]:
     return {run for run, kinds in found.items() if {"DAT", "run"} <= kinds}
 
 
-def _run_of(name: str) -> int:
-    return int(name.rsplit("-", 1)[1])
-
-
 @flow(
     name=WORKFLOW,
     flow_run_name=_run_name,
@@ -340,9 +338,6 @@ def concordia(
                 values=[f"{r:06d}" for r in todo],
             )
 
-        def archive_name(ref: JobRef, item: OutputFile) -> str:
-            return f"run{_run_of(ref.name):06d}/{item.name.rsplit('/', 1)[-1]}"
-
         result = execute(
             WORKFLOW,
             request,
@@ -351,7 +346,7 @@ def concordia(
             store,
             max_reschedules=max_reschedules,
             archive_key=archive_key,
-            archive_name=archive_name,
+            archive_name=archive_by_run,
             archive_logs=True,
         )
     found = chosen.get("image")
@@ -373,7 +368,7 @@ def concordia(
         already_archived=sorted(done & set(requested)),
         simulated=simulated,
         failed=sorted(
-            _run_of(j.name)
+            run_number(j.name)
             for j in (result.jobs if result else [])
             if j.state is not JobState.COMPLETED
         ),
@@ -398,7 +393,7 @@ def _read_back(result: PipelineResult, card: SteeringCard) -> list[RunOutput]:
     for item in result.outputs:
         if item.ref.name not in completed:
             continue
-        run = _run_of(item.ref.name)
+        run = run_number(item.ref.name)
         files = {f.name.rsplit("/", 1)[-1]: f.path for f in item.files}
         particles = files.get(f"DAT{run:06d}")
         card_file = files.get(f"run{run:06d}.card")
@@ -414,11 +409,7 @@ def _read_back(result: PipelineResult, card: SteeringCard) -> list[RunOutput]:
             raise ValueError(f"run {run}: the card that came back is not the card sent")
         outputs.append(
             RunOutput(
-                run=run,
-                showers=read.showers,
-                primary=read.primary,
-                energy_min=read.energy_min,
-                energy_max=read.energy_max,
+                **read.model_dump(),
                 particle_file_bytes=particles.stat().st_size,
                 card_sha256=hashlib.sha256(card_file.read_bytes()).hexdigest(),
             )

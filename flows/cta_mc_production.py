@@ -19,14 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from blocks.archive import ArchivedFile
 from blocks.registry import load_store
 from containers import payload
-from core.jobs import InputFile, JobArray, JobRef, JobSpec, OutputFile
+from core.jobs import InputFile, JobArray, JobSpec
 from core.states import JobState
 from flows.pipeline import (
     JobReport,
     PipelineResult,
+    archive_by_run,
     cancel_facility_jobs,
     execute,
     job_prefix,
+    run_number,
 )
 from planner.models import PlanResponse, Resources, TaskRequest, TaskType
 from tasks.archive import find_archived
@@ -270,9 +272,6 @@ def cta_mc_production(
             )
             return JobArray(template=template, values=[f"{r:06d}" for r in todo])
 
-        def archive_name(ref: JobRef, item: OutputFile) -> str:
-            return f"run{_run_of_name(ref.name):06d}/{item.name.rsplit('/', 1)[-1]}"
-
         result = execute(
             WORKFLOW,
             request,
@@ -281,7 +280,7 @@ def cta_mc_production(
             store,
             max_reschedules=max_reschedules,
             archive_key=config.archive_key,
-            archive_name=archive_name,
+            archive_name=archive_by_run,
             archive_logs=True,
         )
     jobs_done = result.jobs if result else []
@@ -290,8 +289,8 @@ def cta_mc_production(
         archive_key=config.archive_key,
         requested=requested,
         already_archived=sorted(done & set(requested)),
-        simulated=sorted(_run_of_name(j.name) for j in jobs_done if j.state is JobState.COMPLETED),
-        failed=sorted(_run_of_name(j.name) for j in jobs_done if j.state is not JobState.COMPLETED),
+        simulated=sorted(run_number(j.name) for j in jobs_done if j.state is JobState.COMPLETED),
+        failed=sorted(run_number(j.name) for j in jobs_done if j.state is not JobState.COMPLETED),
         rescheduled=sum(j.reschedules for j in jobs_done),
         facility=result.facility if result else None,
         store=result.store if result else load_store(store).store_name,
@@ -304,7 +303,3 @@ def cta_mc_production(
     if result:
         result.raise_for_failures()
     return summary
-
-
-def _run_of_name(name: str) -> int:
-    return int(name.rsplit("-", 1)[1])

@@ -71,6 +71,16 @@ class PipelineResult(BaseModel):
             )
 
 
+def run_number(job_name: str) -> int:
+    """The run number a job array's job is named for (`<prefix>-<NNNNNN>`)."""
+    return int(job_name.rsplit("-", 1)[1])
+
+
+def archive_by_run(ref: JobRef, item: OutputFile) -> str:
+    """`run<NNNNNN>/<file>`: where a production's outputs go, whichever job made them."""
+    return f"run{run_number(ref.name):06d}/{item.name.rsplit('/', 1)[-1]}"
+
+
 def run_key(workflow: str) -> str:
     """The archive key of this flow run: <workflow>/<flow run id>."""
     return f"{workflow}/{flow_run.get_id() or 'local'}"
