@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-pool-start bench-dirac-pool bench-containers bench-cli lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-pool-start bench-dirac-pool bench-containers bench-cli bench-concordia lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-gateway: $(STAMP)
 
 bench-dirac-pool: $(STAMP)
 	$(BIN)/python bench/dirac_pool.py
+
+bench-concordia: $(STAMP)
+	$(BIN)/python bench/concordia.py
 
 bench-pools: $(STAMP)
 	$(BIN)/python bench/pools.py

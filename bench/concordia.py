@@ -112,6 +112,7 @@ def raw_dirac(
     prefs: DiracxPreferences, singularity: Path, sif: str, work: Path, first: int
 ) -> None:
     """The same parametric JDL with the raw client: submit, follow, download every sandbox."""
+    work.mkdir(parents=True)
     (work / "card.template").write_text(card_template())
     (work / CONTAINER_SCRIPT).write_text(CONTAINER_SCRIPT_TEXT)
     runs = [f"{n:06d}" for n in range(first, first + DIRAC_RUNS)]
@@ -206,6 +207,7 @@ def main() -> None:
             assert len(result.simulated) == RUNS
             raw, _ = timed(lambda: raw_apptainer(singularity, sif, work / "raw-apptainer", 1))
             rows.append((f"apptainer, {RUNS} runs x {SHOWERS} showers", project, raw))
+            print(f"measured: {rows[-1]}, select/build {selects}", file=sys.stderr)
 
             owner = server.credentials(work / "owner.json")
             admin = server.credentials(work / "admin.json", "pilot", ADMIN_GROUP)
