@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,7 @@ from tests.servers.venvs import ROOT as CACHE_ROOT  # noqa: E402
 from tests.test_concordia import stand_in_source  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "100"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DIRAC_RUNS = int(os.environ.get("BENCH_DIRAC_RUNS", str(RUNS)))
 SHOWERS = 10
 BUILD = BuildConfig(options=())
@@ -201,12 +203,26 @@ def main() -> None:
                 selects[name] = (build, select)
             sif = str(select_or_build(apptainer, BUILD, source).reference)
 
-            project, result = timed(
-                lambda: concordia(facility="bench-apptainer", runs=RUNS, first_run=1, **PARAMETERS)
-            )
-            assert len(result.simulated) == RUNS
-            raw, _ = timed(lambda: raw_apptainer(singularity, sif, work / "raw-apptainer", 1))
-            rows.append((f"apptainer, {RUNS} runs x {SHOWERS} showers", project, raw))
+            projects, raws = [], []
+            for round_ in range(ROUNDS):  # alternating; fresh run numbers each round
+                first = 1 + round_ * RUNS
+                project, result = timed(
+                    functools.partial(
+                        concordia,
+                        facility="bench-apptainer",
+                        runs=RUNS,
+                        first_run=first,
+                        **PARAMETERS,
+                    )
+                )
+                assert len(result.simulated) == RUNS
+                projects.append(project)
+                folder = work / f"raw-apptainer-{round_}"
+                raws.append(
+                    timed(functools.partial(raw_apptainer, singularity, sif, folder, first))[0]
+                )
+            name = f"apptainer, {RUNS} runs x {SHOWERS} showers, median of {ROUNDS}"
+            rows.append((name, statistics.median(projects), statistics.median(raws)))
             print(f"measured: {rows[-1]}, select/build {selects}", file=sys.stderr)
 
             owner = server.credentials(work / "owner.json")

@@ -209,6 +209,10 @@ def test_docker_builds_once_then_selects_and_skips_archived_runs(
     assert not second.image_built and second.image_digest == first.image_digest
     assert second.already_archived == [10, 11] and [r.run for r in second.simulated] == [12]
     _check_archived(second)
+    given = _run("corsika-docker", runs=1, first_run=10, image=first.image)
+    assert given.image == first.image and not given.image_built and given.image_key == ""
+    assert given.archive_key != first.archive_key  # an explicit image is its own configuration
+    _check_archived(given)
     epos = _run("corsika-docker", runs=1, first_run=10, high_energy_model="EPOS-LHC")
     assert epos.image_built and epos.image_digest != first.image_digest
     assert epos.build.executable == "corsika_epos_urqmd_iact"
