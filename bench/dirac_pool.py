@@ -125,6 +125,7 @@ def pool_round(proxy: CountingProxy, log: Path) -> dict[str, Any]:
     first = min(
         t for (m, p, _b), t in zip(proxy.bodies, proxy.times, strict=True) if (m, p) == SUBMIT
     )
+
     def clock(stamp: str) -> float:
         moment = datetime.strptime(stamp, "%H:%M:%S.%f").time()
         return datetime.combine(datetime.fromtimestamp(first).date(), moment).timestamp()
