@@ -19,7 +19,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from blocks.archive import ArchivedFile
+from blocks.archive import ArchivedFile, StoreBlock
+from blocks.corsika import CorsikaImage
 from blocks.registry import list_facilities, load_facility, load_store
 from core.corsika import (
     PRIMARIES,
@@ -308,7 +309,7 @@ def concordia(
     requested = list(range(first_run, first_run + runs))
     done = archived_runs(find_archived(archive, archive_key))
     todo = [r for r in requested if r not in done]
-    chosen: dict[str, Any] = {}
+    chosen: dict[str, CorsikaImage] = {}
     result: PipelineResult | None = None
     if todo:
         request = TaskRequest(
@@ -418,7 +419,11 @@ def _read_back(result: PipelineResult, card: SteeringCard) -> list[RunOutput]:
 
 
 def _archive_metadata(
-    archive: Any, archive_key: str, runs: list[RunOutput], build: BuildConfig, image: Any
+    archive: StoreBlock,
+    archive_key: str,
+    runs: list[RunOutput],
+    build: BuildConfig,
+    image: CorsikaImage | None,
 ) -> list[ArchivedFile]:
     """run<N>/metadata.json beside each run's outputs: run, primary, energies, models, image."""
     with tempfile.TemporaryDirectory(prefix="esap-concordia-") as tmp:

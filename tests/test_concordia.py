@@ -29,6 +29,7 @@ from core.errors import FatalError
 from core.params import ParameterError, validate_parameters
 from flows.concordia import concordia
 from tests.gridsim import GridSimulator
+from tests.helpers import latest_artifact
 from tests.servers.containers import IMAGES, DockerEngine
 from tests.servers.diracx import DiracXServer
 
@@ -209,6 +210,10 @@ def test_docker_builds_once_then_selects_and_skips_archived_runs(
     assert not second.image_built and second.image_digest == first.image_digest
     assert second.already_archived == [10, 11] and [r.run for r in second.simulated] == [12]
     _check_archived(second)
+    summary = latest_artifact("concordia-summary")
+    assert "| already archived (skipped) | 2 |" in summary and "| simulated now | 1 |" in summary
+    assert "| showers read back | 5 |" in summary and "(selected)" in summary
+    assert second.image_digest in summary and second.configuration_key in summary
     given = _run("corsika-docker", runs=1, first_run=10, image=first.image)
     assert given.image == first.image and not given.image_built and given.image_key == ""
     assert given.archive_key != first.archive_key  # an explicit image is its own configuration

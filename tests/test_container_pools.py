@@ -220,7 +220,7 @@ def _cancel_and_wait(run_id: UUID) -> int:
         leader = int(str(found).rsplit(":", 1)[-1])
         assert alive(leader)
         client.set_flow_run_state(run_id, Cancelling(), force=True)
-    assert final_run(run_id, 120).state_type is StateType.CANCELLED
+    assert final_run(run_id, 120).state_type is StateType.CANCELLED, run_logs(run_id)
     assert wait_until(lambda: alive(leader), lambda alive: not alive, 30) is False
     return leader
 

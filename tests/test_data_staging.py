@@ -9,9 +9,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
 from prefect.exceptions import ParameterTypeError
 
 from blocks import LocalFacility
@@ -19,6 +16,7 @@ from blocks.rucio import RucioStore
 from core.errors import FatalError
 from flows.data_staging import data_staging
 from flows.hello_world import hello_world
+from tests.helpers import latest_artifact
 from tests.servers.rucio import RucioServer
 from tests.servers.vo import VoService
 
@@ -39,16 +37,6 @@ def near_site_b() -> Iterator[str]:
         yield "near-b"
     finally:
         LocalFacility.delete("near-b")
-
-
-def latest_artifact(key: str) -> str:
-    with get_client(sync_client=True) as client:
-        [artifact] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            limit=1,
-            sort=ArtifactSort.CREATED_DESC,
-        )
-    return str(artifact.data)
 
 
 def test_hello_world_downloads_rucio_and_vo_inputs_when_the_facility_has_no_close_rse(

@@ -187,7 +187,9 @@ class ApptainerWorker(ProcessWorker):
             return
         runs = await self.client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.CRASHED])
+                )
             ),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool.name])),
         )
@@ -196,6 +198,14 @@ class ApptainerWorker(ProcessWorker):
             # a run without a record here was launched on another host (or has none to stop)
             if run.id in self._own or not record.exists():
                 continue
+            if run.state is not None and run.state.is_crashed():
+                # its engine saw the cancel first and reported the signal as a crash
+                states = await self.client.read_flow_run_states(run.id)
+                if not any(s.type is StateType.CANCELLING for s in states[-3:]):
+                    pid = str(run.infrastructure_pid or "").rpartition(":")[2]
+                    if not (pid.isdigit() and launched_here(int(pid), run.id)):
+                        record.unlink(missing_ok=True)  # a crash of its own, and over
+                    continue
             # Cancelled first: the engine, signalled without its worker's word, would report
             # a crash, which the server then refuses for a run already final
             await self._mark_flow_run_as_cancelled(run)
@@ -205,6 +215,11 @@ class ApptainerWorker(ProcessWorker):
                 self.get_flow_run_logger(run).info(
                     "container of a previous worker stopped (process group %s)", pid
                 )
+                # the engine may still have got its "crashed by a signal" in: the group is gone
+                # now, so nothing can answer after this; the user asked for a cancel
+                ended = await self.client.read_flow_run(run.id)
+                if ended.state is not None and ended.state.is_crashed():
+                    await self._mark_flow_run_as_cancelled(ended)
             record.unlink(missing_ok=True)
 
     async def run(
