@@ -159,8 +159,8 @@ def _card(values: dict[str, Any], build: BuildConfig, run: int) -> SteeringCard:
     ).for_build(build)
 
 
-def check_parameters(values: dict[str, Any]) -> None:
-    """The build and the first card made from the parameters: ValueError naming what is wrong."""
+def _prepare(values: dict[str, Any]) -> tuple[BuildConfig, SteeringCard]:
+    """The build and the first run's card made from the parameters; ValueError naming a fault."""
     last = values["first_run"] + values["runs"] - 1
     if last > 999_999:
         raise ValueError(
@@ -168,9 +168,15 @@ def check_parameters(values: dict[str, Any]) -> None:
             f"{values['runs']} goes past it"
         )
     try:
-        _card(values, _build(values), values["first_run"])
+        build = _build(values)
+        return build, _card(values, build, values["first_run"])
     except ValidationError as exc:
         raise ValueError(describe(exc).removeprefix("(root): ")) from None
+
+
+def check_parameters(values: dict[str, Any]) -> None:
+    """The parameters taken together (the boundary's cross-check): ValueError naming a fault."""
+    _prepare(values)
 
 
 def _run_name() -> str:
@@ -297,10 +303,7 @@ def concordia(
         store: Store to archive to; the local archive when empty.
         source: Saved CORSIKA Source block to build from; empty: the one named "default".
     """
-    values = dict(locals())
-    check_parameters(values)
-    build = _build(values)
-    card = _card(values, build, first_run)
+    build, card = _prepare(dict(locals()))
     template = card.template()
     physics = hashlib.sha256(template.encode()).hexdigest()[:12]
     config_key = hashlib.sha256(f"{image or ''}\n{build.key('')}\n{physics}".encode()).hexdigest()
