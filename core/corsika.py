@@ -152,7 +152,7 @@ class BuildConfig(BaseModel):
         """ValueError naming every keyword this build cannot read."""
         lacking = sorted(k for k in keywords if k in NEEDS and NEEDS[k] not in self.options)
         if lacking:
-            needed = ", ".join(f"{k} needs {NEEDS[k].value}" for k in lacking)
+            needed = ", ".join(f"{k} (it needs the {NEEDS[k].value} option)" for k in lacking)
             built = ", ".join(o.value for o in self.options) or "no options"
             raise ValueError(f"the CORSIKA build ({built}) cannot read {needed}")
 

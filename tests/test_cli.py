@@ -308,5 +308,5 @@ def test_concordia_refuses_a_range_upside_down_and_a_keyword_the_build_lacks() -
     )
     assert_clean_error(
         cli("run", "concordia", "-p", "viewcone=[0, 5]", "-p", 'options=["IACT"]'),
-        "VIEWCONE needs VIEWCONE",
+        "cannot read VIEWCONE (it needs the VIEWCONE option)",
     )
