@@ -267,6 +267,8 @@ class LocalRunner:
                 exit_code = 128 - exit_code
         else:
             exit_code = read_exit_code(job.meta)
+        if read_record(job.meta) is not None:
+            return  # another process decided first (it cancelled the job it took over)
         write_record(job.meta, exit_record(exit_code, job.started))
 
     def _enforce_limits(self) -> float | None:

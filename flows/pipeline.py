@@ -168,6 +168,22 @@ def _remember_jobs(facility: str, refs: Sequence[JobRef]) -> None:
     write_json(jobs_record(flow_run.get_id() or "local"), record)
 
 
+def cancel_recorded_jobs(run_id: str) -> str | None:
+    """Cancel the facility jobs a flow run noted (`_remember_jobs`): what happened, in words.
+
+    None when the run noted none (it submitted nothing, or ran on another host).
+    """
+    path = jobs_record(run_id)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    refs = [JobRef.model_validate(r) for r in record["refs"]]
+    statuses = load_facility(record["facility"]).cancel(refs)
+    return f"cancelled {len(refs)} job(s) on {record['facility']}: " + ", ".join(
+        f"{s.ref.name} {s.state.value}" for s in statuses[:10]
+    )
+
+
 def cancel_facility_jobs(
     flow: Flow[..., Any],
     flow_run: FlowRun,
@@ -178,18 +194,9 @@ def cancel_facility_jobs(
     Prefect's worker runs it after stopping the flow process; the jobs themselves (local
     process groups, DIRAC jobs) would otherwise run on.
     """
-    path = jobs_record(str(flow_run.id))
-    if not path.exists():
-        return
-    record = json.loads(path.read_text())
-    refs = [JobRef.model_validate(r) for r in record["refs"]]
-    statuses = load_facility(record["facility"]).cancel(refs)
-    flow_run_logger(flow_run).info(
-        "cancelled %d job(s) on %s: %s",
-        len(refs),
-        record["facility"],
-        ", ".join(f"{s.ref.name} {s.state.value}" for s in statuses[:10]),
-    )
+    said = cancel_recorded_jobs(str(flow_run.id))
+    if said is not None:
+        flow_run_logger(flow_run).info("%s", said)
 
 
 def _prepare_inputs(

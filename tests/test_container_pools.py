@@ -27,10 +27,15 @@ from prefect.states import Cancelling
 from prefect.types.entrypoint import EntrypointType
 
 from blocks.apptainer import ApptainerFacility
+from blocks.local import LocalFacility
 from core.backoff import wait_until
+from core.files import write_json
+from core.jobs import JobSpec
+from core.states import JobState
 from deployments import runtime_image
 from deployments.bootstrap import ensure_work_pools
 from flows.hello_world import hello_world
+from flows.pipeline import jobs_record
 from tests import warm_flows
 from tests.helpers import CLI, PoolWorker, alive, final_run, run_logs
 from tests.servers.containers import IMAGES, DockerEngine, build_runtime_images
@@ -229,14 +234,28 @@ def test_a_restarted_apptainer_worker_cancels_runs_its_predecessor_started(
     apptainer_worker: PoolWorker, pool_home: Path
 ) -> None:
     run, _, _ = _sleeping("sleeper/apptainer", pool_home)
+    # a payload job the run owns, noted as its flow notes them, on a facility of the host
+    facility = LocalFacility(workdir=pool_home / "orphan-jobs", kill_grace=1)
+    facility.save("orphan-local", overwrite=True)
+    [ref] = facility.submit([JobSpec(name="orphan-payload", executable="sleep", arguments=["300"])])
+    write_json(
+        jobs_record(str(run.id)),
+        {"facility": "orphan-local", "refs": [ref.model_dump(mode="json")]},
+    )
     apptainer_worker.kill()  # the container lives on: it leads its own session
     apptainer_worker.start()
     leader = _cancel_and_wait(run.id)
     assert not _groupalive(leader)
+    with get_client(sync_client=True) as client:
+        shown = [s.type for s in client.read_flow_run_states(run.id)]
+    assert StateType.CRASHED not in shown, f"never shown Crashed on the way: {shown}"
     said = wait_until(
-        lambda: " ".join(run_logs(run.id)), lambda logs: "previous worker stopped" in logs, 30
+        lambda: " ".join(run_logs(run.id)), lambda logs: "cancelled 1 job(s)" in logs, 30
     )
     assert "container of a previous worker stopped" in said
+    assert "cancelled 1 job(s) on orphan-local: orphan-payload CANCELLED" in said, said
+    [status] = facility.poll([ref])
+    assert status.state is JobState.CANCELLED, "the flow's payload job did not run on"
     assert "Traceback" not in said, "the run outlived its worker without a broken pipe"
 
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from blocks import InputFile, JobRef, JobSpec, JobState, LocalFacility
 from blocks.local_runner import meta_dir
+from core.backoff import wait_until
 from tests.helpers import wait_final
 
 
@@ -228,6 +229,29 @@ def test_a_new_process_takes_over_jobs_of_a_dead_one(tmp_path: Path) -> None:
         (JobState.COMPLETED, 0),
         (JobState.FAILED, 4),
     ]
+
+
+def test_a_cancel_from_another_process_stands_while_the_submitter_lives(tmp_path: Path) -> None:
+    """A worker cancels the jobs of a flow process that still supervises them: CANCELLED."""
+    workdir = tmp_path / "jobs"
+    facility = LocalFacility(workdir=workdir, kill_grace=1)
+    [ref] = facility.submit([py("held", "import time; time.sleep(60)")])
+    wait_until(lambda: facility.poll([ref])[0].state, lambda s: s is JobState.RUNNING, 30)
+    script = f"""
+        from blocks import LocalFacility, JobRef
+        f = LocalFacility(workdir={str(workdir)!r}, kill_grace=1)
+        print(f.cancel([JobRef(facility="local", job_id="held", name="held")])[0].state.value)
+    """
+    said = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    assert said.stdout.split() == ["CANCELLED"]
+    [status] = wait_final(facility, [ref])
+    assert status.state is JobState.CANCELLED, "the submitter's reaper kept the cancel"
 
 
 def test_unknown_job_is_lost(facility: LocalFacility) -> None:

@@ -56,15 +56,18 @@ SHARE_HOME_HELP = (
 )
 
 
-def _stop_group(pgid: int, grace: float = 10) -> None:
-    """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
+def _kill_group(pgid: int, wait: float = 30) -> None:
+    """SIGKILL the process group and wait (up to `wait` seconds) for its leader to go.
+
+    Not SIGTERM: an engine signalled without its own worker's word on the control channel
+    reports its run Crashed, over the Cancelled the user asked for.
+    """
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            os.killpg(pgid, 0)
-            time.sleep(0.2)
         os.killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            os.kill(pgid, 0)
+            time.sleep(0.1)
 
 
 class ApptainerJobConfiguration(ProcessJobConfiguration):
@@ -206,20 +209,20 @@ class ApptainerWorker(ProcessWorker):
                     if not (pid.isdigit() and launched_here(int(pid), run.id)):
                         record.unlink(missing_ok=True)  # a crash of its own, and over
                     continue
-            # Cancelled first: the engine, signalled without its worker's word, would report
-            # a crash, which the server then refuses for a run already final
+            # Cancelled first, then the whole group killed: nothing is left to report a crash
             await self._mark_flow_run_as_cancelled(run)
+            logger = self.get_flow_run_logger(run)
             pid = str(run.infrastructure_pid or "").rpartition(":")[2]
             if pid.isdigit() and await asyncio.to_thread(launched_here, int(pid), run.id):
-                await asyncio.to_thread(_stop_group, int(pid))
-                self.get_flow_run_logger(run).info(
-                    "container of a previous worker stopped (process group %s)", pid
-                )
-                # the engine may still have got its "crashed by a signal" in: the group is gone
-                # now, so nothing can answer after this; the user asked for a cancel
-                ended = await self.client.read_flow_run(run.id)
-                if ended.state is not None and ended.state.is_crashed():
-                    await self._mark_flow_run_as_cancelled(ended)
+                await asyncio.to_thread(_kill_group, int(pid))
+                logger.info("container of a previous worker stopped (process group %s)", pid)
+            # the flow's own cancellation hook died with it: cancel its facility jobs here
+            # (imported here: every `prefect` command imports this module, not the flows)
+            from flows.pipeline import cancel_recorded_jobs
+
+            said = await asyncio.to_thread(cancel_recorded_jobs, str(run.id))
+            if said is not None:
+                logger.info("%s", said)
             record.unlink(missing_ok=True)
 
     async def run(
