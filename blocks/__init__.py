@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from blocks.dirac.facility import DiracFacility
     from blocks.docker import DockerFacility
     from blocks.facility import FacilityBlock
+    from blocks.kubernetes import KubernetesFacility
     from blocks.local import LocalFacility
     from blocks.rucio import RucioStore
     from core.jobs import InputFile, JobArray, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
@@ -31,6 +32,7 @@ _WHERE = {
     "DiracFacility": "blocks.dirac.facility",
     "DockerFacility": "blocks.docker",
     "FacilityBlock": "blocks.facility",
+    "KubernetesFacility": "blocks.kubernetes",
     "LocalFacility": "blocks.local",
     "RucioStore": "blocks.rucio",
     "InputFile": "core.jobs",
@@ -58,6 +60,7 @@ __all__ = [
     "JobSpec",
     "JobState",
     "JobStatus",
+    "KubernetesFacility",
     "LocalArchive",
     "LocalFacility",
     "OutputFile",

@@ -10,6 +10,7 @@ from blocks.archive import LocalArchive, StoreBlock
 from blocks.dirac.facility import DiracFacility
 from blocks.docker import DockerFacility
 from blocks.facility import FacilityBlock
+from blocks.kubernetes import KubernetesFacility
 from blocks.local import LocalFacility
 from blocks.rucio import RucioStore
 
@@ -18,5 +19,6 @@ FACILITY_TYPES: tuple[type[FacilityBlock], ...] = (
     DiracFacility,
     DockerFacility,
     ApptainerFacility,
+    KubernetesFacility,
 )
 STORE_TYPES: tuple[type[StoreBlock], ...] = (LocalArchive, RucioStore)

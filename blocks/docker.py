@@ -24,19 +24,22 @@ from pydantic import Field
 
 from blocks.facility import LOG_TAIL, FacilityBlock
 from blocks.local import (
+    CANCELLED,
+    FINAL,
     collect_directory,
     log_tail,
     machine_memory,
     prepare_directory,
     submitted_before,
+    write_final,
 )
 from blocks.local_runner import meta_dir
 from core.backoff import wait_until
 from core.errors import FatalError, JobRefused, TransientError
-from core.files import write_atomic, write_json
+from core.files import write_atomic
 from core.jobs import JobLog, JobOutputs, JobRef, JobSpec, JobStatus
 from core.settings import home
-from core.states import DOCKER_STATUS, JobState, Outcome, ended
+from core.states import DOCKER_STATUS, JobState, ended
 from core.units import Duration, Memory
 from planner.models import TaskType
 
@@ -44,8 +47,6 @@ LABEL = "esap-prefect.job"
 GROUP = "esap-prefect.group"
 RECORDS = "esap-prefect.records"
 DEADLINE = "esap-prefect.deadline"
-FINAL = "final.json"
-CANCELLED = "cancelled"
 OVERTIME = "walltime"
 LOG_LINES = 200
 
@@ -224,7 +225,7 @@ class DockerFacility(FacilityBlock):
         if not (meta / "spec.json").exists():
             return
         if item is None:
-            _write_final(meta, ended(None, error="the container disappeared from the engine"))
+            write_final(meta, ended(None, error="the container disappeared from the engine"))
             return
         if DOCKER_STATUS.get(item["State"], JobState.RUNNING) is not None:
             return
@@ -239,7 +240,7 @@ class DockerFacility(FacilityBlock):
             out_of_memory=bool(details.get("OOMKilled")),
             error=details.get("Error") or "",
         )
-        _write_final(meta, outcome)
+        write_final(meta, outcome)
 
     def _status(self, ref: JobRef, directory: Path, item: dict[str, Any] | None) -> JobStatus:
         meta = meta_dir(directory)
@@ -368,12 +369,3 @@ def _container_name(job: str) -> str:
     if safe != job:
         safe += "-" + hashlib.sha256(job.encode()).hexdigest()[:8]
     return f"esap-{safe}"
-
-
-def _write_final(meta: Path, outcome: Outcome) -> None:
-    record = {
-        "state": outcome.state.value,
-        "detail": outcome.reason,
-        "exit_code": outcome.exit_code,
-    }
-    write_json(meta / FINAL, record)

@@ -57,6 +57,7 @@ class FacilityBlock(Block, ABC):
     What a backend cannot honour it says here: DIRAC compares the spec behind a reused
     name only when the earlier submission was made from this home (DiracX 0.7 cannot
     return a job's JDL), and enforces wall time as DIRAC does (CPUTime, by the pilot).
+    Kubernetes' pod log API gives stdout and stderr as one stream: both are in stdout.
     """
 
     tasktypes: ClassVar[frozenset[TaskType]] = frozenset({TaskType.EXECUTABLE})

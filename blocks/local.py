@@ -27,14 +27,18 @@ from blocks.local_runner import (
     write_record,
 )
 from core.errors import JobRefused
-from core.files import read_tail, write_atomic
+from core.files import read_tail, write_atomic, write_json
 from core.job_folder import UnsafeFile, place, scan_outputs
 from core.jobs import JobLog, JobOutputs, JobRef, JobSpec, JobStatus, OutputFile
 from core.settings import home
-from core.states import JobState
+from core.states import JobState, Outcome
 from core.units import Duration, Memory
 
 GIB = 2**30
+FINAL = "final.json"
+"""In a container job's records: how it ended, once seen (Docker, Kubernetes)."""
+CANCELLED = "cancelled"
+"""In a container job's records: cancelled by the facility (it decides the outcome)."""
 _PASSED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
 
 
@@ -280,3 +284,13 @@ def collect_directory(ref: JobRef, directory: Path, target: Path) -> JobOutputs:
         missing=found.missing,
         refused=refused,
     )
+
+
+def write_final(meta: Path, outcome: Outcome) -> None:
+    """Record how a job ended (`FINAL` in its records): later polls read it, not the backend."""
+    record = {
+        "state": outcome.state.value,
+        "detail": outcome.reason,
+        "exit_code": outcome.exit_code,
+    }
+    write_json(meta / FINAL, record)

@@ -31,6 +31,7 @@ FACILITIES: dict[str, str] = {
     "dirac-facility": "blocks.dirac.facility:DiracFacility",
     "docker-facility": "blocks.docker:DockerFacility",
     "apptainer-facility": "blocks.apptainer:ApptainerFacility",
+    "kubernetes-facility": "blocks.kubernetes:KubernetesFacility",
 }
 """Facility block types by slug, imported only when a block of theirs is saved (their SDKs
 are slow to import); tests keep this equal to `blocks.catalogue`."""

@@ -77,6 +77,36 @@ DOCKER_STATUS: dict[str, JobState | None] = {
 }
 """Docker Engine container states; None: the container ended, `ended` says how."""
 
+KUBERNETES_STUCK = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "Unschedulable",
+    }
+)
+"""Why a Kubernetes pod does not start that only time can tell from a wait: the job is
+PENDING with the reason, then FAILED once it lasts the facility's pending limit."""
+
+
+def kubernetes_job_state(status: dict[str, object]) -> JobState | None:
+    """The JobState of a batch/v1 Job's status; None once it ended (`ended` says how).
+
+    A Job with a true Complete or Failed condition has ended; one whose pod is ready runs;
+    anything else (no pod yet, pod pending, image being pulled) is pending.
+    """
+    conditions = status.get("conditions") or []
+    assert isinstance(conditions, list)
+    for condition in conditions:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return None
+    ready = status.get("ready") or 0
+    assert isinstance(ready, int)
+    return JobState.RUNNING if ready > 0 else JobState.PENDING
+
+
 STATE_TABLE: dict[JobState, tuple[str, UWSPhase]] = {
     JobState.PENDING: ("PENDING", UWSPhase.QUEUED),
     JobState.RUNNING: ("RUNNING", UWSPhase.EXECUTING),

@@ -308,6 +308,82 @@ def add_apptainer(
     typer.echo(f"saved Apptainer facility {name!r} ({version})")
 
 
+@add_app.command("kubernetes")
+def add_kubernetes(
+    name: FacilityName,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="Kubeconfig file ($KUBECONFIG or ~/.kube/config if unset).")
+    ] = None,
+    embed: Annotated[
+        bool, typer.Option(help="Store the kubeconfig's content in the block as a secret.")
+    ] = False,
+    in_cluster: Annotated[
+        bool, typer.Option(help="Use the pod's service account (flows run in the cluster).")
+    ] = False,
+    context: Annotated[str | None, typer.Option(help="Kubeconfig context.")] = None,
+    api_url: Annotated[
+        str | None, typer.Option(help="API server URL with no credentials (test clusters).")
+    ] = None,
+    namespace: Annotated[str, typer.Option(help="Namespace of the jobs.")] = "default",
+    volume_claim: Annotated[
+        str | None, typer.Option(help="PersistentVolumeClaim holding the jobs' folders.")
+    ] = None,
+    host_path: Annotated[
+        Path | None, typer.Option(help="Host folder holding the jobs' folders (single node).")
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where this host sees the claim (default: host path).")
+    ] = None,
+    service_account: Annotated[str | None, typer.Option(help="Pods' service account.")] = None,
+    executable_image: Annotated[
+        str | None, typer.Option(help="Image for jobs that name none (uri://executable).")
+    ] = None,
+    max_cores: Annotated[int | None, typer.Option(help="Most cores per job.")] = None,
+    close_rse: CloseRse = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Save a Kubernetes facility (Jobs in a namespace) as a Prefect block, once the API answers."""
+    from blocks.kubernetes import KubernetesFacility
+    from core.errors import FatalError, TransientError
+
+    with _user_errors():
+        if kubeconfig is not None and not kubeconfig.is_file():
+            raise UserError(f"kubeconfig {kubeconfig} does not exist")
+        if embed and kubeconfig is None:
+            raise UserError("--embed needs --kubeconfig (the file whose content is stored)")
+        extra = {"max_cores": max_cores} if max_cores else {}
+        try:
+            facility = KubernetesFacility(
+                kubeconfig=None if embed or kubeconfig is None else kubeconfig.resolve(),
+                kubeconfig_content=kubeconfig.read_text() if embed and kubeconfig else None,
+                in_cluster=in_cluster,
+                context=context,
+                api_url=api_url,
+                namespace=namespace,
+                volume_claim=volume_claim,
+                host_path=host_path.resolve() if host_path else None,
+                workdir=workdir.resolve() if workdir else None,
+                service_account=service_account,
+                executable_image=executable_image,
+                close_rse=close_rse,
+                **extra,
+            )
+        except ValidationError as exc:
+            raise UserError(f"invalid Kubernetes facility: {describe(exc)}") from None
+        if volume_claim is None and host_path is None:
+            raise UserError(
+                "give --volume-claim (with --workdir) or --host-path: jobs need a folder"
+            )
+        if volume_claim is not None and workdir is None:
+            raise UserError("--volume-claim needs --workdir: where this host mounts that claim")
+        try:
+            version = facility.server_version()
+        except (FatalError, TransientError) as exc:
+            raise UserError(str(exc)) from None
+        _save_facility(facility, name, overwrite)
+    typer.echo(f"saved Kubernetes facility {name!r} (API server {version}, namespace {namespace})")
+
+
 stores_app = typer.Typer(help="List and add stores (where data is archived and staged).")
 add_store_app = typer.Typer(help="Save a new store block.", no_args_is_help=True)
 stores_app.add_typer(add_store_app, name="add")

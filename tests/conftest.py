@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tests.gridsim import GridSimulator
     from tests.servers.containers import DockerEngine
     from tests.servers.diracx import DiracXServer
+    from tests.servers.kubelet import StandInCluster
     from tests.servers.rucio import RucioServer
     from tests.servers.vo import VoService
     from tests.stack import Gateway, Issuer
@@ -162,6 +163,15 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEn
         yield engine
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(docker_engine: DockerEngine) -> Iterator[StandInCluster]:
+    """The stand-in Kubernetes API server, its node playing pods on the session's Docker."""
+    from tests.servers.kubelet import StandInCluster
+
+    with StandInCluster(docker_engine.url) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

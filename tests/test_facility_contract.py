@@ -1,7 +1,8 @@
 """The facility contract (FacilityBlock's docstring), the same cases on every facility.
 
-Local processes, a real Docker Engine, real Apptainer, and DIRAC on a real DiracX with the
-grid simulator as its pilots. Where a backend cannot honour a case, the contract says so
+Local processes, a real Docker Engine, real Apptainer, DIRAC on a real DiracX with the grid
+simulator as its pilots, and Kubernetes on the stand-in API server (its pods on real
+Docker). Where a backend cannot honour a case, the contract says so
 and the case checks what the backend does instead.
 """
 
@@ -19,7 +20,13 @@ import pytest
 from diracx.client.sync import SyncDiracClient
 from diracx.core.models import ScalarSearchOperator
 
-from blocks import ApptainerFacility, DiracFacility, DockerFacility, LocalFacility
+from blocks import (
+    ApptainerFacility,
+    DiracFacility,
+    DockerFacility,
+    KubernetesFacility,
+    LocalFacility,
+)
 from blocks.facility import FacilityBlock
 from core.backoff import wait_until
 from core.errors import JobRefused
@@ -28,6 +35,7 @@ from core.states import JobState
 from tests.gridsim import GridSimulator
 from tests.helpers import settle, wait_running
 from tests.servers.containers import DockerEngine
+from tests.servers.kubelet import StandInCluster
 
 IMAGE = "esap-test/payload:1"
 SECRET = "the-local-users-bearer-token-0123456789"
@@ -80,8 +88,17 @@ class Subject:
         # DIRAC reports statuses, not exit codes (the simulator puts it in the minor status)
         return self.kind != "dirac"
 
+    def stderr(self, outputs: JobOutputs) -> str:
+        """What a job wrote to stderr, as the facility gives it back.
 
-@pytest.fixture(params=["local", "docker", "apptainer", "dirac"])
+        Kubernetes' pod log API gives both streams as one: stderr lands in stdout there.
+        """
+        stream = outputs.stdout if self.kind == "kubernetes" else outputs.stderr
+        assert stream is not None
+        return stream.read_text()
+
+
+@pytest.fixture(params=["local", "docker", "apptainer", "dirac", "kubernetes"])
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
     kind = request.param
     if kind == "local":
@@ -101,6 +118,10 @@ def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]
             ),
             str(sif),
         )
+    elif kind == "kubernetes":
+        kube: StandInCluster = request.getfixturevalue("kube")
+        facility = KubernetesFacility(api_url=kube.url, host_path=tmp_path / "jobs", max_cores=2)
+        yield Subject(kind, facility, IMAGE)
     else:
         grid: tuple[DiracFacility, GridSimulator] = request.getfixturevalue("grid")
         pilot: GridSimulator = request.getfixturevalue("pilot")
@@ -123,7 +144,7 @@ def test_a_job_runs_and_its_outputs_and_logs_come_back(subject: Subject, tmp_pat
         (f"{name}/result.txt", "result\n")
     ]
     assert outputs.stdout is not None and "to-stdout" in outputs.stdout.read_text()
-    assert outputs.stderr is not None and "to-stderr" in outputs.stderr.read_text()
+    assert "to-stderr" in subject.stderr(outputs)
     assert outputs.missing == [] and outputs.refused == []
 
 
@@ -136,7 +157,7 @@ def test_a_failing_job_is_failed_with_its_exit_code(subject: Subject, tmp_path: 
     else:
         assert "exit 3" in status.detail
     [outputs] = subject.facility.fetch(refs, tmp_path / "out")
-    assert outputs.stderr is not None and "why" in outputs.stderr.read_text()
+    assert "why" in subject.stderr(outputs)
 
 
 def test_resubmitting_a_name_gives_the_same_job_back(subject: Subject) -> None:
@@ -304,7 +325,7 @@ def test_logs_show_a_job_as_it_runs_and_stay_after_it_ends(subject: Subject) -> 
     [ended] = subject.facility.logs(refs)
     assert ended.ref == refs[0]
     assert "started with its environment" in ended.stdout and "finished" in ended.stdout
-    assert "warned" in ended.stderr
+    assert "warned" in (ended.stdout if subject.kind == "kubernetes" else ended.stderr)
     if subject.sim is not None:
         assert ended.detail.startswith("Done; Execution Complete")
     assert subject.facility.logs(refs, limit=9)[0].stdout == "finished\n", "the end is kept"
