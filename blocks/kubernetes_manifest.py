@@ -40,16 +40,20 @@ def root_label(root: str) -> str:
 
 
 @functools.cache
-def _validator(version: str, kind: str, api_version: str) -> jsonschema.protocols.Validator:
-    """kubernetes-validate's strict schema of one kind, compiled once.
+def schema_validator(
+    version: str, kind: str, api_version: str, strict: bool = True
+) -> jsonschema.protocols.Validator:
+    """kubernetes-validate's schema of one kind (strict: no unknown field), compiled once.
 
     Its `validate` re-reads and recompiles the schema on every call: 11 ms a manifest
     against 0.5 ms this way, for the same files and the same validator class.
     """
     kubernetes_validate.validate(  # the library's own checks of the version and the kind
-        {"apiVersion": api_version, "kind": kind, "metadata": {"name": "probe"}}, version, True
+        {"apiVersion": api_version, "kind": kind, "metadata": {"name": "probe"}}, version, strict
     )
-    folder = f"kubernetes-json-schema/v{_schema_version(version)}-local-strict"
+    folder = f"kubernetes-json-schema/v{_schema_version(version)}-local"
+    if strict:
+        folder += "-strict"
     group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
     schema = schema_contents(f"{folder}/{kind.lower()}-{group}.json", version)
     definitions = schema_contents(f"{folder}/_definitions.json", version)
@@ -65,7 +69,7 @@ def _schema_version(version: str) -> str:
 
 def check_manifest(manifest: dict[str, Any], version: str) -> None:
     """JobRefused naming the field, unless the manifest is valid for Kubernetes `version`."""
-    validator = _validator(version, manifest["kind"], manifest["apiVersion"])
+    validator = schema_validator(version, manifest["kind"], manifest["apiVersion"])
     error = jsonschema.exceptions.best_match(validator.iter_errors(manifest))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "the manifest"

@@ -11,6 +11,7 @@ the nodes and the job controller. Not checked: scheduling, RBAC, admission, quot
 from __future__ import annotations
 
 import base64
+import builtins
 import copy
 import json
 import re
@@ -24,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import kubernetes_validate
+from blocks.kubernetes_manifest import schema_validator
 
 VERSION = "1.33.0"
 NAMESPACES = ("default", "kube-system", "esap")
@@ -46,12 +47,51 @@ KINDS = {  # resource -> (apiVersion, kind, namespaced)
     "secrets": ("v1", "Secret", True),
     "events": ("v1", "Event", True),
 }
-CREATABLE = frozenset({"jobs", "secrets"})
+CREATABLE = frozenset({"jobs", "secrets", "events"})
 HISTORY = 20_000  # watch events kept; an older resourceVersion gets 410 Expired
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _resource(name: str, kind: str, verbs: list[str], namespaced: bool = True) -> dict[str, Any]:
+    singular = "" if "/" in name else kind.lower()
+    return {"name": name, "singularName": singular, "namespaced": namespaced, "kind": kind,
+            "verbs": verbs}  # fmt: skip
+
+
+ALL_VERBS = ["create", "delete", "get", "list", "watch"]
+BATCH = {"name": "batch", "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}}  # fmt: skip
+DISCOVERY: dict[str, dict[str, Any]] = {  # what clients read to find the resources
+    "/api": {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+    },
+    "/api/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            _resource("namespaces", "Namespace", ["get", "list", "watch"], namespaced=False),
+            _resource("pods", "Pod", ["delete", "get", "list", "watch"]),
+            _resource("pods/log", "Pod", ["get"]),
+            _resource("secrets", "Secret", ALL_VERBS),
+            _resource("events", "Event", ALL_VERBS),
+        ],
+    },
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [BATCH]},
+    "/apis/batch": {"kind": "APIGroup", "apiVersion": "v1", **BATCH},
+    "/apis/batch/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "batch/v1",
+        "resources": [
+            _resource("jobs", "Job", ALL_VERBS),
+            _resource("jobs/status", "Job", ["get"]),
+        ],
+    },
+}
 
 
 def now() -> str:
@@ -206,8 +246,20 @@ class Cluster:
             ]
             return items, self.version
 
-    def create(self, resource: str, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
-        """Validate, default and store a client's object (jobs, secrets), as the API server."""
+    def create(
+        self,
+        resource: str,
+        namespace: str,
+        obj: dict[str, Any],
+        field_validation: str = "Warn",
+        warnings: builtins.list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Validate, default and store a client's object (jobs, secrets, events).
+
+        As the API server does: schema errors are 422; unknown fields are dropped with a
+        warning (the default `fieldValidation=Warn`) or refused (`Strict`).
+        """
+        warnings = [] if warnings is None else warnings
         if ("namespaces", "", namespace) not in self.objects:
             raise ApiError(
                 404,
@@ -221,15 +273,16 @@ class Cluster:
         name = str(meta.get("name") or "")
         obj.setdefault("apiVersion", KINDS[resource][0])
         obj.setdefault("kind", KINDS[resource][1])
-        try:
-            kubernetes_validate.validate(obj, VERSION, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            path = ".".join(str(p) for p in exc.caught.absolute_path) or "<root>"
-            raise invalid(resource, name, [(path, exc.caught.message)]) from None
+        causes, unknown = schema_check(obj)
+        if causes:
+            raise invalid(resource, name, causes)
+        if unknown and field_validation == "Strict":
+            raise invalid(resource, name, [(f, "unknown field") for f in unknown])
+        warnings.extend(f'unknown field "{f}"' for f in unknown)  # and dropped, as the server does
         causes = check_name(name, 63 if resource == "jobs" else 253)
         if meta.get("namespace") not in (None, namespace):
             causes.append(("metadata.namespace", "does not match the namespace of the request"))
-        defaults = {"jobs": default_job, "secrets": default_secret}[resource]
+        defaults = {"jobs": default_job, "secrets": default_secret}.get(resource, no_defaults)
         causes += defaults(obj)
         if causes:
             raise invalid(resource, name, causes)
@@ -366,6 +419,31 @@ class Cluster:
                         yield {"type": event, "object": obj}
         finally:
             timer.cancel()
+
+
+def schema_check(obj: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Schema errors of an object, and its unknown fields (removed from it), for VERSION."""
+    loose = schema_validator(VERSION, obj["kind"], obj["apiVersion"], strict=False)
+    causes = [
+        (".".join(str(p) for p in e.absolute_path) or "<root>", e.message[:300])
+        for e in loose.iter_errors(obj)
+    ]
+    if causes:
+        return causes, []
+    unknown = []
+    strict = schema_validator(VERSION, obj["kind"], obj["apiVersion"], strict=True)
+    for error in list(strict.iter_errors(obj)):
+        if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+            continue
+        known = set(error.schema.get("properties", {}))
+        for key in [k for k in error.instance if k not in known]:
+            unknown.append(".".join([*(str(p) for p in error.absolute_path), key]))
+            del error.instance[key]
+    return [], unknown
+
+
+def no_defaults(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    return []
 
 
 def check_name(name: str, longest: int) -> list[tuple[str, str]]:
@@ -552,11 +630,17 @@ class Handler(BaseHTTPRequestHandler):
         self._answer("DELETE")
 
     def _send(
-        self, code: int, body: dict[str, Any] | bytes, kind: str = "application/json"
+        self,
+        code: int,
+        body: dict[str, Any] | bytes,
+        kind: str = "application/json",
+        warnings: list[str] | None = None,
     ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", kind)
+        for warning in warnings or []:
+            self.send_header("Warning", f"299 - {json.dumps(warning)}")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -582,6 +666,9 @@ class Handler(BaseHTTPRequestHandler):
             if split.path.rstrip("/") == "/version":
                 self._send(200, VERSION_INFO)
                 return
+            if split.path.rstrip("/") in DISCOVERY:
+                self._send(200, DISCOVERY[split.path.rstrip("/")])
+                return
             route = ROUTE.match(split.path)
             if route is None:
                 raise ApiError(
@@ -603,7 +690,11 @@ class Handler(BaseHTTPRequestHandler):
                 f"{verb} {resource}{'/' + sub if sub else ''}{'' if name else ' (list)'}"
             ] += 1
             if verb == "POST" and not name and resource in CREATABLE:
-                self._send(201, cluster.create(resource, ns, self._body()))
+                warnings: list[str] = []
+                made = cluster.create(
+                    resource, ns, self._body(), one.get("fieldValidation", "Warn"), warnings
+                )
+                self._send(201, made, warnings=warnings)
             elif verb == "GET" and name and sub == "log":
                 if self.server.logs is None:
                     raise ApiError(400, "BadRequest", "no kubelet serves logs", {})

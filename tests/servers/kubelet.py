@@ -39,6 +39,7 @@ class Kubelet:
         self.docker = docker.DockerClient(base_url=docker_url)
         self.interval = interval
         self._stop = threading.Event()
+        self._seen: dict[str, dict[str, Any]] = {}
         self._thread = threading.Thread(target=self._loop, name="standin-kubelet", daemon=True)
 
     def serve(self, server: ApiServer) -> None:
@@ -63,6 +64,11 @@ class Kubelet:
         """One pass of the job controller and the kubelet."""
         jobs, _ = self.cluster.list("jobs", "")
         pods, _ = self.cluster.list("pods", "")
+        # one listing of the node's containers a pass (docker-py's `list` inspects each one)
+        self._seen = {
+            item["Labels"][POD]: item
+            for item in self.docker.api.containers(all=True, filters={"label": POD})
+        }
         for pod in pods:
             self._kubelet(pod)
         pods, _ = self.cluster.list("pods", "")
@@ -252,9 +258,13 @@ class Kubelet:
             self._follow(pod)
 
     def _container(self, pod: dict[str, Any]) -> Any | None:
+        """The pod's container (as this pass listed it; the engine's, for a log)."""
         key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
-        found = self.docker.containers.list(all=True, filters={"label": f"{POD}={key}"})
-        return found[0] if found else None
+        item = self._seen.get(key)
+        if item is None:
+            found = self.docker.api.containers(all=True, filters={"label": f"{POD}={key}"})
+            item = found[0] if found else None
+        return None if item is None else self.docker.containers.prepare_model(item)
 
     def _start(self, pod: dict[str, Any]) -> None:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
@@ -364,7 +374,8 @@ class Kubelet:
             "labels": {POD: f"{ns}/{pod['metadata']['name']}"},
             "environment": env,
             "volumes": binds,
-            "network_mode": "none",
+            # the node has no pod network: a pod reaches the host's services with hostNetwork
+            "network_mode": "host" if pod["spec"].get("hostNetwork") else "none",
             "detach": True,
         }
         if container.get("workingDir"):
@@ -391,6 +402,8 @@ class Kubelet:
         container = self._container(pod)
         if container is None:
             self._end_pod(pod, "ContainerStatusUnknown", "The container could not be located")
+            return
+        if container.attrs.get("State") in ("running", "created"):
             return
         container.reload()
         state = container.attrs["State"]
@@ -442,10 +455,10 @@ class Kubelet:
     def _collect(self, pods: list[dict[str, Any]]) -> None:
         """Remove the containers of pods that are gone from the API."""
         known = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods}
-        for container in self.docker.containers.list(all=True, filters={"label": POD}):
-            if container.labels.get(POD) not in known:
+        for key, item in self._seen.items():
+            if key not in known:
                 with contextlib.suppress(NotFound, APIError):
-                    container.remove(force=True)
+                    self.docker.api.remove_container(item["Id"], force=True)
 
     def logs(self, ns: str, name: str, query: dict[str, list[str]]) -> bytes:
         """A pod's log as the kubelet serves it: stdout and stderr as one, tailLines, limitBytes."""
