@@ -19,15 +19,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the project, not this folder, first: this file's name would hide the `kubernetes` package
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 os.environ["ESAP_PREFECT_HOME"] = tempfile.mkdtemp(prefix="esap-bench-kube-")
 
-from kubernetes.client import ApiClient, BatchV1Api, Configuration, CoreV1Api
-from kubernetes.watch import Watch
+from kubernetes.client import ApiClient, BatchV1Api, Configuration, CoreV1Api  # noqa: E402
+from kubernetes.watch import Watch  # noqa: E402
 
-from blocks import JobSpec, KubernetesFacility
-from tests.servers.containers import DockerEngine
-from tests.servers.kubelet import StandInCluster
+from blocks import JobSpec, KubernetesFacility  # noqa: E402
+from tests.servers.containers import DockerEngine  # noqa: E402
+from tests.servers.kubelet import StandInCluster  # noqa: E402
 
 JOBS = int(os.environ.get("BENCH_JOBS", "200"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))

@@ -21,7 +21,7 @@ import kubernetes.config
 import urllib3
 import yaml
 from kubernetes.client import ApiClient, ApiException
-from pydantic import Field, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr
 
 from blocks.facility import LOG_TAIL, FacilityBlock
 from blocks.kubernetes_manifest import (
@@ -51,6 +51,7 @@ from core.units import Duration, Memory
 from planner.models import TaskType
 
 READY_WAIT = 5.0  # seconds a job may be pending before its pod is looked at for a reason
+LOOK_AGAIN = 15.0  # seconds between looks at pending pods when no job has ended
 
 
 class KubernetesFacility(FacilityBlock):
@@ -139,6 +140,9 @@ class KubernetesFacility(FacilityBlock):
         default="8G", validate_default=True, description="Most memory one job may ask for."
     )
     max_duration: Duration = Field(default=86400, description="Longest wall time a job may ask.")
+
+    _pods_looked: float = PrivateAttr(default=0.0)
+    _reasons: dict[str, tuple[str, str]] = PrivateAttr(default_factory=dict)
 
     def task_types(self) -> frozenset[TaskType]:
         return self.tasktypes | ({TaskType.EXECUTABLE} if self.executable_image else set())
@@ -302,7 +306,11 @@ class KubernetesFacility(FacilityBlock):
         return items
 
     def poll(self, refs: Sequence[JobRef]) -> list[JobStatus]:
-        """States from one list call of the facility's Jobs; pods only when a job needs them."""
+        """States from one list call of the facility's Jobs.
+
+        Pods are listed (one more call) when a job has ended, for its exit code and log, and
+        every LOOK_AGAIN seconds while some job waits, for the reason it waits.
+        """
         root = self._root()
         pending = [r for r in refs if not (meta_dir(root / r.job_id) / FINAL).exists()]
         jobs: dict[str, dict[str, Any]] = {}
@@ -311,18 +319,18 @@ class KubernetesFacility(FacilityBlock):
             with self.api() as client:
                 for job in self._list(client, "jobs", root):
                     jobs[job["metadata"]["name"]] = job
-                if any(self._needs_pod(jobs.get(object_name(r.job_id))) for r in pending):
+                seen = [jobs.get(object_name(r.job_id)) for r in pending]
+                ended = any(j is not None and _ended(j) for j in seen)
+                waiting = any(j is not None and _waits(j) for j in seen)
+                looked = time.monotonic() - self._pods_looked >= LOOK_AGAIN
+                if ended or (waiting and looked):
                     pods = _latest_pods(self._list(client, "pods", root))
+                    self._pods_looked = time.monotonic()
+                    self._reasons = {k: w for k, p in pods.items() if (w := _waiting(p))}
                 for ref in pending:
                     name = object_name(ref.job_id)
                     self._record_end(client, root / ref.job_id, jobs.get(name), pods.get(name))
         return [self._status(ref, root, jobs, pods) for ref in refs]
-
-    def _needs_pod(self, job: dict[str, Any] | None) -> bool:
-        if job is None:
-            return False
-        state = kubernetes_job_state(job.get("status") or {})
-        return state is None or (state is JobState.PENDING and _age(job) > READY_WAIT)
 
     def _record_end(
         self,
@@ -348,7 +356,7 @@ class KubernetesFacility(FacilityBlock):
             return
         status = job.get("status") or {}
         if kubernetes_job_state(status) is not None:
-            waiting = _waiting(pod)
+            waiting = _waiting(pod) or self._reasons.get(object_name(directory.name))
             if waiting and waiting[0] in KUBERNETES_STUCK and _age(job) > self.pending_limit:
                 self._delete(client, directory.name)
                 write_final(
@@ -406,7 +414,7 @@ class KubernetesFacility(FacilityBlock):
         if job is None:
             return JobStatus(ref=ref, state=JobState.PENDING, detail="submitted")
         state = kubernetes_job_state(job.get("status") or {}) or JobState.RUNNING
-        waiting = _waiting(pods.get(name))
+        waiting = _waiting(pods.get(name)) or self._reasons.get(name)
         detail = f"{waiting[0]}: {waiting[1]}" if waiting else state.value.lower()
         return JobStatus(ref=ref, state=state, detail=detail)
 
@@ -475,6 +483,15 @@ def _batch(client: ApiClient) -> Any:
 def _core(client: ApiClient) -> Any:
     """core/v1 calls, read raw as `_batch`'s."""
     return kubernetes.client.CoreV1Api(client)
+
+
+def _ended(job: dict[str, Any]) -> bool:
+    return kubernetes_job_state(job.get("status") or {}) is None
+
+
+def _waits(job: dict[str, Any]) -> bool:
+    state = kubernetes_job_state(job.get("status") or {})
+    return state is JobState.PENDING and _age(job) > READY_WAIT
 
 
 def _latest_pods(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

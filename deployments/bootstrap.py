@@ -27,7 +27,14 @@ from blocks.local import LocalFacility
 from blocks.registry import DEFAULT_NAME, block_names, list_facilities
 from core.settings import home
 from deployments import runtime_image
-from flows.registry import APPTAINER_POOL, DIRAC_POOL, DOCKER_POOL, LOCAL_POOL, WORKFLOWS
+from flows.registry import (
+    APPTAINER_POOL,
+    DIRAC_POOL,
+    DOCKER_POOL,
+    KUBERNETES_POOL,
+    LOCAL_POOL,
+    WORKFLOWS,
+)
 from workers.apptainer import ApptainerWorker
 from workers.dirac import DiracWorker
 from workers.warm import WarmWorker
@@ -64,7 +71,7 @@ class Pool:
 
 
 def ensure_work_pools() -> None:
-    """Create the pools (`local`, `dirac`, `apptainer`, `docker`) if missing; keep them current.
+    """Create the pools (local, dirac, apptainer, docker; kubernetes with a cluster), keep them so.
 
     Each description tells operators, in the UI, what the pool runs and whether its worker
     can start; image and command defaults follow the last `esap-prefect images build`
@@ -136,6 +143,28 @@ def _pools() -> list[Pool]:
                 "env": {"ESAP_PREFECT_HOME": str(shared)},
             },
         ),
+        *_kubernetes_pools(facilities, tag),
+    ]
+
+
+def _kubernetes_pools(facilities: list[FacilityBlock], tag: str) -> list[Pool]:
+    """The `kubernetes` pool, once a Kubernetes facility is saved.
+
+    prefect-kubernetes is imported only then: it takes seconds.
+    """
+    if not any(f.kind == "kubernetes" for f in facilities):
+        return []
+    from deployments import kubernetes_pool
+
+    cluster = kubernetes_pool.cluster_facility(facilities)
+    return [
+        Pool(
+            KUBERNETES_POOL,
+            "kubernetes",
+            kubernetes_pool.template(),
+            kubernetes_pool.description(cluster, tag),
+            kubernetes_pool.defaults(cluster, tag, home()),
+        )
     ]
 
 
@@ -210,9 +239,12 @@ def apply_deployments() -> None:
         "store": (names.stores, "the local archive"),
         "input_store": (names.rucio_stores, "the only Rucio store"),
     }
+    clusters = any(f.kind == "kubernetes" for f in list_facilities())
     for workflow in WORKFLOWS.values():
         description = " ".join(p for p in (workflow.description, workflow.deployment_notes) if p)
         for name, pool in workflow.placements():
+            if pool == KUBERNETES_POOL and not clusters:
+                continue  # its pool comes with the first Kubernetes facility
             main = pool == workflow.work_pool
             schedules = (
                 [Cron(workflow.cron, timezone="UTC", active=False)]

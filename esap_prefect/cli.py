@@ -622,6 +622,9 @@ def worker(
     kind = found.type
     if kind == "docker":  # Prefect's own worker: say plainly when its image is missing
         _check_docker_pool(found.base_job_template)
+    if kind == "kubernetes":  # cancelling a running flow run deletes its Job
+        os.environ.setdefault("PREFECT_WORKER_ENABLE_CANCELLATION", "true")
+        _observer_kubeconfig(pool, found.base_job_template)
     for handler in CONSOLE_HANDLERS:  # quiet for commands, not for a worker
         if os.environ.get(handler) == "CRITICAL":
             del os.environ[handler]
@@ -629,6 +632,22 @@ def worker(
     command = [prefect, "worker", "start", "--pool", pool, "--type", kind]
     command += ["--limit", str(limit)] if limit else []
     os.execv(prefect, [*command, *(["--name", name] if name else [])])
+
+
+def _observer_kubeconfig(pool: str, template: dict[str, Any]) -> None:
+    """Point $KUBECONFIG at the pool's cluster (prefect-kubernetes' observer reads only that).
+
+    The pool's `cluster_config` block is written to a private file in the home; a KUBECONFIG
+    already set is left alone.
+    """
+    if "KUBECONFIG" in os.environ:
+        return
+    from deployments.kubernetes_pool import write_kubeconfig
+
+    variables = template.get("variables", {}).get("properties", {})
+    reference = (variables.get("cluster_config", {}).get("default") or {}).get("$ref", {})
+    if reference.get("block_document_id"):
+        os.environ["KUBECONFIG"] = str(write_kubeconfig(pool, reference["block_document_id"]))
 
 
 def _check_docker_pool(template: dict[str, Any]) -> None:

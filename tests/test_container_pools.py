@@ -25,8 +25,10 @@ from prefect.deployments import run_deployment
 from prefect.deployments.runner import RunnerDeployment
 from prefect.states import Cancelling
 from prefect.types.entrypoint import EntrypointType
+from prefect_kubernetes.credentials import KubernetesClusterConfig
 
 from blocks.apptainer import ApptainerFacility
+from blocks.kubernetes import KubernetesFacility
 from blocks.local import LocalFacility
 from core.backoff import wait_until
 from core.files import write_json
@@ -39,6 +41,7 @@ from flows.pipeline import jobs_record
 from tests import warm_flows
 from tests.helpers import CLI, PoolWorker, alive, final_run, run_logs
 from tests.servers.containers import IMAGES, DockerEngine, build_runtime_images
+from tests.servers.kubelet import StandInCluster
 from tests.servers.venvs import ROOT
 from workers.apptainer import ApptainerWorker
 
@@ -61,7 +64,11 @@ def pool_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def pools(
-    prefect_api: str, pool_home: Path, docker_engine: DockerEngine, singularity: Path
+    prefect_api: str,
+    pool_home: Path,
+    docker_engine: DockerEngine,
+    singularity: Path,
+    kube: StandInCluster,
 ) -> dict[str, str]:
     """Pools made by `up` before any image was built (their descriptions), then after."""
     del prefect_api
@@ -71,6 +78,8 @@ def pools(
     assert built.returncode == 0, built.stderr[-3000:]
     (pool_home / "images").symlink_to(IMAGES)
     ApptainerFacility(singularity=str(singularity)).save("pool-apptainer", overwrite=True)
+    (pool_home / "cluster-jobs").mkdir()
+    KubernetesFacility(api_url=kube.url, host_path=pool_home / "cluster-jobs").save("cluster")
     ensure_work_pools()
     for fn, name, variables in _deployments(pool_home):
         deployment = cast(
@@ -103,7 +112,26 @@ def _deployments(home: Path) -> list[tuple[Any, str, dict[str, Any]]]:
             {"binds": [f"{tests}:ro"], "env": env, "walltime": 8},
         ),
         (warm_flows.sleeper, "docker", docker),
+        (hello_world, "kubernetes", {}),
+        (warm_flows.sleeper, "kubernetes", _kube_variables(home, tests)),
+        (hello_world, "kubernetes-broken", {"command": "sh -c 'echo broken >&2; exit 3'"}),
     ]
+
+
+def _kube_variables(home: Path, tests: str) -> dict[str, Any]:
+    """The pool's home volume and env, and the tests folder, read-only, for warm_flows."""
+    source, target = tests.split(":")[:2]
+    return {
+        "volumes": [
+            {"name": "esap-home", "hostPath": {"path": str(home), "type": "Directory"}},
+            {"name": "tests", "hostPath": {"path": source, "type": "Directory"}},
+        ],
+        "volume_mounts": [
+            {"name": "esap-home", "mountPath": str(home)},
+            {"name": "tests", "mountPath": target, "readOnly": True},
+        ],
+        "env": {"ESAP_PREFECT_HOME": str(home), "PYTHONPATH": TESTS_INSIDE},
+    }
 
 
 def _pool(name: str) -> dict[str, Any]:
@@ -360,3 +388,75 @@ def test_the_launcher_passes_the_runs_variables_not_the_hosts() -> None:
     shared = container_env(environ, [], "/home/op/esap")
     assert shared["APPTAINERENV_ESAP_PREFECT_HOME"] == "/home/op/esap"
     assert "APPTAINERENV_PREFECT_HOME" not in shared, "not under the shared home"
+
+
+@pytest.fixture(scope="module")
+def kubernetes_worker(
+    pools: dict[str, str], prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PoolWorker]:
+    log = tmp_path_factory.mktemp("kubernetes-worker") / "worker.log"
+    worker = PoolWorker(prefect_api, log, "--pool", "kubernetes", "--name", "kubernetes-test")
+    yield worker.start()
+    worker.stop()
+
+
+def test_up_points_the_kubernetes_pool_at_the_saved_cluster(
+    pools: dict[str, str], kube: StandInCluster, pool_home: Path
+) -> None:
+    pool = _pool("kubernetes")
+    assert pool["type"] == "kubernetes"
+    assert pool["image"] == runtime_image.recorded(IMAGES)["docker"].reference
+    assert pool["namespace"] == "default" and pool["host_network"] is True
+    assert pool["env"] == {"ESAP_PREFECT_HOME": str(pool_home)}
+    assert "Cluster: facility cluster, namespace default" in pool["description"]
+    config = KubernetesClusterConfig.load("esap-cluster")
+    assert config.config["clusters"][0]["cluster"]["server"] == kube.url
+
+
+def test_hello_world_completes_as_a_job_on_the_kubernetes_pool(
+    kubernetes_worker: PoolWorker, kube: StandInCluster, pool_home: Path
+) -> None:
+    run = final_run(_run("hello-world/kubernetes").id, 300)
+    assert run.state_type is StateType.COMPLETED, (run.state, run_logs(run.id)[-5:])
+    archived = list((pool_home / "results" / "hello-world" / str(run.id)).rglob("output.json"))
+    assert len(archived) == 1, "archived into the worker's home, through the hostPath volume"
+    namespace, _, job = str(run.infrastructure_pid).partition(":")
+    found = kube.cluster.get("jobs", namespace, job)
+    assert found["metadata"]["labels"]["prefect.io/flow-run-id"] == str(run.id)
+    conditions = {c["type"] for c in found["status"].get("conditions", [])}
+    assert "Complete" in conditions, found["status"]
+
+
+def test_cancelling_a_kubernetes_run_deletes_its_job(
+    kubernetes_worker: PoolWorker, kube: StandInCluster, pool_home: Path
+) -> None:
+    run, _, _ = _sleeping("sleeper/kubernetes", pool_home)
+    namespace, _, job = str(wait_until(lambda: _infrastructure(run.id), bool, 60)).partition(":")
+    assert kube.cluster.get("jobs", namespace, job)["status"].get("active") == 1
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Cancelling(), force=True)
+    assert final_run(run.id, 120).state_type is StateType.CANCELLED
+    selector = f"job-name={job}"
+    left = wait_until(
+        lambda: (
+            kube.cluster.list("jobs", namespace, selector)[0]
+            + kube.cluster.list("pods", namespace, selector)[0]
+        ),
+        lambda items: not items,
+        60,
+    )
+    assert left == [], "the Job and its pod are gone"
+
+
+def test_a_kubernetes_pod_that_fails_crashes_its_flow_run_with_the_reason(
+    kubernetes_worker: PoolWorker,
+) -> None:
+    run = final_run(_run("hello-world/kubernetes-broken").id, 300)
+    assert run.state_type is StateType.CRASHED, run.state
+    logs = " ".join(run_logs(run.id))
+    assert run.state is not None and "exit" in (run.state.message or "") + logs, (run.state, logs)
+
+
+def _infrastructure(run_id: UUID) -> str | None:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).infrastructure_pid

@@ -118,6 +118,7 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
             "apptainer": "apptainer",
             "docker": "docker",
         }
+        assert "kubernetes" not in by_name, "its pool comes with the first cluster"
         assert "Not configured: no DIRAC facility is saved" in by_name["dirac"]["description"]
         for pool in ("apptainer", "docker"):
             assert "Not configured: no runtime image is built" in by_name[pool]["description"]
