@@ -109,6 +109,7 @@ def defaults(facility: KubernetesFacility, tag: str, shared: Path) -> dict[str, 
         "namespace": facility.namespace,
         "image_pull_policy": facility.image_pull_policy,
         "cluster_config": ensure_cluster_config(facility),
+        "finished_job_ttl": facility.ttl_after_finished,
     }
     if facility.service_account:
         chosen["service_account_name"] = facility.service_account

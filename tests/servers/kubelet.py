@@ -133,8 +133,10 @@ class Kubelet:
             )
             return
         if not active:
-            pod = self._new_pod(job)
-            active = [pod]
+            made = self._new_pod(job)
+            if made is None:
+                return
+            active = [made]
         counts = {
             "active": len(active),
             "succeeded": succeeded,
@@ -201,7 +203,7 @@ class Kubelet:
                     "jobs", job["metadata"]["namespace"], job["metadata"]["name"], "Background"
                 )
 
-    def _new_pod(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _new_pod(self, job: dict[str, Any]) -> dict[str, Any] | None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         template = job["spec"]["template"]
         pod = {
@@ -242,7 +244,11 @@ class Kubelet:
                 ],
             },
         }
-        self.cluster.put("pods", ns, pod)
+        with self.cluster.changed:  # not for a Job deleted since this pass listed it
+            current = self.cluster.objects.get(("jobs", ns, name))
+            if current is None or current["metadata"]["uid"] != job["metadata"]["uid"]:
+                return None
+            self.cluster.put("pods", ns, pod)
         self.cluster.event(
             ns, job, "Normal", "SuccessfulCreate", f"Created pod: {pod['metadata']['name']}"
         )
