@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-pool-start bench-dirac-pool bench-containers bench-cli bench-concordia lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-pool-start bench-dirac-pool bench-containers bench-cli bench-concordia bench-kubernetes lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-containers: $(STAMP)
 
 bench-cli: $(STAMP)
 	$(BIN)/python bench/cli.py
+
+bench-kubernetes: $(STAMP)
+	$(BIN)/python bench/kubernetes.py
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

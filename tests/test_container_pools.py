@@ -395,10 +395,7 @@ def kubernetes_worker(
     pools: dict[str, str], prefect_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PoolWorker]:
     log = tmp_path_factory.mktemp("kubernetes-worker") / "worker.log"
-    env = {"PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "2"}  # Prefect's own fallback: 120 s
-    worker = PoolWorker(
-        prefect_api, log, "--pool", "kubernetes", "--name", "kubernetes-test", env=env
-    )
+    worker = PoolWorker(prefect_api, log, "--pool", "kubernetes", "--name", "kubernetes-test")
     yield worker.start()
     worker.stop()
 

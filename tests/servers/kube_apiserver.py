@@ -119,6 +119,10 @@ class ApiError(Exception):
         }
 
 
+def _group(resource: str) -> str:
+    return "batch" if resource == "jobs" else ""
+
+
 def _group_kind(resource: str) -> str:
     return f"{resource}.batch" if resource == "jobs" else resource
 
@@ -128,13 +132,13 @@ def not_found(resource: str, name: str) -> ApiError:
         404,
         "NotFound",
         f'{_group_kind(resource)} "{name}" not found',
-        {"name": name, "group": "batch" if resource == "jobs" else "", "kind": resource},
+        {"name": name, "group": _group(resource), "kind": resource},
     )
 
 
 def invalid(resource: str, name: str, causes: list[tuple[str, str]]) -> ApiError:
     kind = KINDS[resource][1]
-    group = ".batch" if resource == "jobs" else ""
+    group = f".{_group(resource)}" if _group(resource) else ""
     text = "; ".join(f"{field}: {message}" for field, message in causes)
     return ApiError(
         422,
@@ -142,7 +146,7 @@ def invalid(resource: str, name: str, causes: list[tuple[str, str]]) -> ApiError
         f'{kind}{group} "{name}" is invalid: {text}',
         {
             "name": name,
-            "group": "batch" if resource == "jobs" else "",
+            "group": _group(resource),
             "kind": kind,
             "causes": [
                 {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes
@@ -294,7 +298,7 @@ class Cluster:
                     f'{_group_kind(resource)} "{name}" already exists',
                     {
                         "name": name,
-                        "group": "batch" if resource == "jobs" else "",
+                        "group": _group(resource),
                         "kind": resource,
                     },
                 )
