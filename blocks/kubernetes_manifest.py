@@ -97,6 +97,8 @@ def job_manifest(
     """
     name = object_name(spec.name)
     labels = {MANAGED_BY: "esap-prefect", ROOT: root_label(root), JOB: name}
+    if spec.group:  # the flow run's jobs: `kubectl get jobs -l esap-prefect/group=...`
+        labels[GROUP] = object_name(spec.group)
     annotations = {NAME: spec.name, **({GROUP: spec.group} if spec.group else {})}
     container: dict[str, Any] = {
         "name": CONTAINER,

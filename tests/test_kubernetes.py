@@ -133,6 +133,7 @@ def test_hostile_values_reach_neither_the_manifest_structure_nor_a_shell(
         arguments=["-c", 'printf "%s" "$1" > arg.txt; printf "%s" "$V" > env.txt', "sh", hostile],
         env={"V": hostile},
         outputs=["arg.txt"],
+        group="odd-group.1",
     )
     refs = facility.submit([spec])
     [status] = settle(facility, refs, 120)
@@ -143,6 +144,8 @@ def test_hostile_values_reach_neither_the_manifest_structure_nor_a_shell(
     job = _batch(api).read_namespaced_job(object_name(name), "default")
     assert job.metadata.name == object_name(name) and job.metadata.name.startswith("odd-name")
     assert job.metadata.annotations["esap-prefect/job-name"] == name
+    assert job.metadata.labels["esap-prefect/group"] == object_name("odd-group.1")
+    assert job.metadata.annotations["esap-prefect/group"] == "odd-group.1"
     [container] = job.spec.template.spec.containers
     assert [m.sub_path for m in container.volume_mounts] == [name], "it sees its folder only"
 
