@@ -247,8 +247,8 @@ def _refresh_run_forms() -> None:
     if running_stack_api():
         from deployments.bootstrap import apply_deployments, ensure_work_pools
 
+        ensure_work_pools()  # first: a new kind of facility may bring its pool (kubernetes)
         apply_deployments()
-        ensure_work_pools()
 
 
 @add_app.command("docker")
