@@ -128,6 +128,12 @@ def launched_here(pid: int, flow_run_id: UUID) -> bool:
         return False
 
 
+def _launch_pid(run: FlowRun) -> int | None:
+    """The pid a run's infrastructure id names (`<host>:<pid>` or a bare pid), if any."""
+    pid = str(run.infrastructure_pid or "").rpartition(":")[2]
+    return int(pid) if pid.isdigit() else None
+
+
 class ApptainerWorker(ProcessWorker):
     """Flow runs as `apptainer exec --containall` of the runtime image, one process group each.
 
@@ -205,16 +211,16 @@ class ApptainerWorker(ProcessWorker):
                 # its engine saw the cancel first and reported the signal as a crash
                 states = await self.client.read_flow_run_states(run.id)
                 if not any(s.type is StateType.CANCELLING for s in states[-3:]):
-                    pid = str(run.infrastructure_pid or "").rpartition(":")[2]
-                    if not (pid.isdigit() and launched_here(int(pid), run.id)):
+                    pid = _launch_pid(run)
+                    if pid is None or not launched_here(pid, run.id):
                         record.unlink(missing_ok=True)  # a crash of its own, and over
                     continue
             # Cancelled first, then the whole group killed: nothing is left to report a crash
             await self._mark_flow_run_as_cancelled(run)
             logger = self.get_flow_run_logger(run)
-            pid = str(run.infrastructure_pid or "").rpartition(":")[2]
-            if pid.isdigit() and await asyncio.to_thread(launched_here, int(pid), run.id):
-                await asyncio.to_thread(_kill_group, int(pid))
+            pid = _launch_pid(run)
+            if pid is not None and await asyncio.to_thread(launched_here, pid, run.id):
+                await asyncio.to_thread(_kill_group, pid)
                 logger.info("container of a previous worker stopped (process group %s)", pid)
             # the flow's own cancellation hook died with it: cancel its facility jobs here
             # (imported here: every `prefect` command imports this module, not the flows)
