@@ -35,6 +35,7 @@ from flows.registry import (
     LOCAL_POOL,
     WORKFLOWS,
 )
+from workers import KUBERNETES_TYPE
 from workers.apptainer import ApptainerWorker
 from workers.dirac import DiracWorker
 from workers.warm import WarmWorker
@@ -160,7 +161,7 @@ def _kubernetes_pools(facilities: list[FacilityBlock], tag: str) -> list[Pool]:
     return [
         Pool(
             KUBERNETES_POOL,
-            "kubernetes",
+            KUBERNETES_TYPE,
             kubernetes_pool.template(),
             kubernetes_pool.description(cluster, tag),
             kubernetes_pool.defaults(cluster, tag, home()),

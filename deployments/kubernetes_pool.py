@@ -126,8 +126,8 @@ def defaults(facility: KubernetesFacility, tag: str, shared: Path) -> dict[str, 
 def description(facility: KubernetesFacility, tag: str) -> str:
     """What the pool runs, and what it lacks, for the UI."""
     what = (
-        "Prefect's Kubernetes worker (prefect-kubernetes): each flow run is a Job of the "
-        "esap-prefect runtime image."
+        "prefect-kubernetes' worker: each flow run is a Job of the esap-prefect runtime image; "
+        "cancelling a run deletes its Job."
     )
     if not tag:
         return (

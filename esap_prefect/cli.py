@@ -608,6 +608,8 @@ def worker(
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    from workers import KUBERNETES_TYPE
+
     with get_client(sync_client=True) as client:
         try:
             found = client.read_work_pool(pool)
@@ -622,7 +624,8 @@ def worker(
     kind = found.type
     if kind == "docker":  # Prefect's own worker: say plainly when its image is missing
         _check_docker_pool(found.base_job_template)
-    if kind == "kubernetes":  # cancelling a running flow run deletes its Job
+    if kind == KUBERNETES_TYPE:  # cancelling a running flow run deletes its Job
+        _check_cancel_grace()
         os.environ.setdefault("PREFECT_WORKER_ENABLE_CANCELLATION", "true")
         _observer_kubeconfig(pool, found.base_job_template)
     for handler in CONSOLE_HANDLERS:  # quiet for commands, not for a worker
@@ -632,6 +635,17 @@ def worker(
     command = [prefect, "worker", "start", "--pool", pool, "--type", kind]
     command += ["--limit", str(limit)] if limit else []
     os.execv(prefect, [*command, *(["--name", name] if name else [])])
+
+
+def _check_cancel_grace() -> None:
+    from core.errors import FatalError
+    from workers.kubernetes import engine_grace
+
+    try:
+        engine_grace()
+    except FatalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _observer_kubeconfig(pool: str, template: dict[str, Any]) -> None:

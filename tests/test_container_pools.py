@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from operator import not_
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -41,9 +42,11 @@ from flows.pipeline import jobs_record
 from tests import warm_flows
 from tests.helpers import CLI, PoolWorker, alive, final_run, run_logs
 from tests.servers.containers import IMAGES, DockerEngine, build_runtime_images
-from tests.servers.kubelet import StandInCluster
+from tests.servers.kube_apiserver import ApiError
+from tests.servers.kubelet import POD, StandInCluster
 from tests.servers.venvs import ROOT
 from workers.apptainer import ApptainerWorker
+from workers.kubernetes import GRACE_VARIABLE
 
 pytestmark = pytest.mark.slow
 TESTS_INSIDE = "/esap-tests"  # the tests package, bound read-only, for tests.warm_flows
@@ -115,6 +118,7 @@ def _deployments(home: Path) -> list[tuple[Any, str, dict[str, Any]]]:
         (hello_world, "kubernetes", {}),
         (warm_flows.sleeper, "kubernetes", _kube_variables(home, tests)),
         (hello_world, "kubernetes-broken", {"command": "sh -c 'echo broken >&2; exit 3'"}),
+        (hello_world, "kubernetes-unpullable", {"image": "nowhere.invalid/none:1"}),
     ]
 
 
@@ -395,7 +399,10 @@ def kubernetes_worker(
     pools: dict[str, str], prefect_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PoolWorker]:
     log = tmp_path_factory.mktemp("kubernetes-worker") / "worker.log"
-    worker = PoolWorker(prefect_api, log, "--pool", "kubernetes", "--name", "kubernetes-test")
+    grace = {"ESAP_PREFECT_KUBERNETES_CANCEL_GRACE": "20"}  # a frozen engine's Job goes sooner
+    worker = PoolWorker(
+        prefect_api, log, "--pool", "kubernetes", "--name", "kubernetes-test", env=grace
+    )
     yield worker.start()
     worker.stop()
 
@@ -404,7 +411,7 @@ def test_up_points_the_kubernetes_pool_at_the_saved_cluster(
     pools: dict[str, str], kube: StandInCluster, pool_home: Path
 ) -> None:
     pool = _pool("kubernetes")
-    assert pool["type"] == "kubernetes"
+    assert pool["type"] == "esap-kubernetes"
     assert pool["image"] == runtime_image.recorded(IMAGES)["docker"].reference
     assert pool["namespace"] == "default" and pool["host_network"] is True
     assert pool["env"] == {"ESAP_PREFECT_HOME": str(pool_home)}
@@ -447,6 +454,77 @@ def test_cancelling_a_running_kubernetes_run_ends_its_pod(
     )
     assert ended.get("active") == 0, "the run's engine ended its pod"
     assert hook.read_text().startswith("cancellation hook ran"), "the flow's hook ran in it"
+
+
+def test_cancelling_a_kubernetes_run_whose_pod_never_started_deletes_its_job(
+    kubernetes_worker: PoolWorker, kube: StandInCluster
+) -> None:
+    run = _run("hello-world/kubernetes-unpullable")
+    namespace, _, job = str(wait_until(lambda: _infrastructure(run.id), bool, 60)).partition(":")
+    selector = f"job-name={job}"
+    pods = wait_until(
+        lambda: kube.cluster.list("pods", namespace, selector)[0],
+        lambda found: any("waiting" in p["status"]["containerStatuses"][0]["state"] for p in found),
+        60,
+    )
+    assert len(pods) == 1, "the pod waits for an image it can never pull"
+    deletes = kube.cluster.calls["DELETE jobs"]
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Cancelling(), force=True)
+    ended = final_run(run.id, 60)
+    assert ended.state_type is StateType.CANCELLED, ended.state
+    assert ended.state is not None and f"Kubernetes Job {namespace}:{job} deleted" in str(
+        ended.state.message
+    )
+    with get_client(sync_client=True) as client:
+        history = [state.type for state in client.read_flow_run_states(run.id)]
+    assert StateType.RUNNING not in history, "no engine ever ran: only the worker could end it"
+    assert kube.cluster.calls["DELETE jobs"] == deletes + 1
+    with pytest.raises(ApiError, match="not found"):
+        kube.cluster.get("jobs", namespace, job)
+    left = wait_until(lambda: kube.cluster.list("pods", namespace, selector)[0], not_, 30)
+    assert left == [], "the Job's pod went with it"
+
+
+def test_a_cancelled_kubernetes_run_whose_engine_is_frozen_loses_its_job_after_the_grace(
+    kubernetes_worker: PoolWorker, kube: StandInCluster, pool_home: Path
+) -> None:
+    run, _, hook = _sleeping("sleeper/kubernetes", pool_home)
+    namespace, _, job = str(wait_until(lambda: _infrastructure(run.id), bool, 60)).partition(":")
+    (pod,) = kube.cluster.list("pods", namespace, f"job-name={job}")[0]
+    key = f"{namespace}/{pod['metadata']['name']}"
+    (container,) = kube.kubelet.docker.containers.list(filters={"label": f"{POD}={key}"})
+    container.pause()  # the engine inside can neither see the cancel nor end its pod
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Cancelling(), force=True)
+    ended = final_run(run.id, 120)
+    assert ended.state_type is StateType.CANCELLED, ended.state
+    assert "deleted (its engine did not end it in time)" in str(ended.state and ended.state.message)
+    with pytest.raises(ApiError, match="not found"):
+        kube.cluster.get("jobs", namespace, job)
+    gone = wait_until(
+        lambda: kube.kubelet.docker.containers.list(all=True, filters={"label": f"{POD}={key}"}),
+        not_,
+        60,
+    )
+    assert gone == [], "the paused container went with its pod"
+    assert not hook.exists(), "its hook never ran: the engine was frozen to the end"
+
+
+def test_the_kubernetes_worker_refuses_a_cancel_grace_that_is_not_seconds(
+    pools: dict[str, str], prefect_api: str
+) -> None:
+    for bad in ("nan", "-1", "1e9", "soon"):
+        env = {**os.environ, "PREFECT_API_URL": prefect_api, GRACE_VARIABLE: bad}
+        done = subprocess.run(
+            [CLI, "worker", "--pool", "kubernetes"],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"{GRACE_VARIABLE}={bad!r}: give seconds from 0 to 3600" in done.stderr
 
 
 def test_a_kubernetes_pod_that_fails_crashes_its_flow_run_with_the_reason(
