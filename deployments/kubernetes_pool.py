@@ -83,7 +83,8 @@ def kubeconfig(facility: KubernetesFacility) -> dict[str, Any] | None:
     if facility.kubeconfig_content is not None:
         loaded: dict[str, Any] = yaml.safe_load(facility.kubeconfig_content.get_secret_value())
         return loaded
-    path = (facility.kubeconfig or Path("~/.kube/config")).expanduser()
+    default = os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]
+    path = (facility.kubeconfig or Path(default)).expanduser()
     read: dict[str, Any] = yaml.safe_load(path.read_text())
     return read
 

@@ -288,3 +288,16 @@ def test_facilities_add_kubernetes_checks_the_api_first(
     loaded = cast(KubernetesFacility, KubernetesFacility.load("k8s"))
     assert loaded.namespace == "esap" and loaded.host_path == tmp_path.resolve()
     assert "k8s  (kubernetes)  runs uri://docker-container" in cli("facilities").stdout
+
+
+def test_the_pool_takes_the_cluster_from_kubeconfig_when_the_facility_names_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployments.kubernetes_pool import kubeconfig
+
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "lab", "clusters": []}
+    path = tmp_path / "lab.kubeconfig"
+    path.write_text(json.dumps(config))
+    monkeypatch.setenv("KUBECONFIG", f"{path}{os.pathsep}{tmp_path / 'other'}")
+    facility = KubernetesFacility(host_path=tmp_path / "jobs")
+    assert kubeconfig(facility) == config, "the first file of $KUBECONFIG, as kubectl reads"
