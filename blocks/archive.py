@@ -71,8 +71,13 @@ class LocalArchive(StoreBlock):
         default=None, description="Results directory; default $ESAP_PREFECT_HOME/results."
     )
 
+    @property
+    def directory(self) -> Path:
+        """Where results go (resolved; made on first archive)."""
+        return (self.root or home() / "results").expanduser().resolve()
+
     def _root(self) -> Path:
-        root = (self.root or home() / "results").expanduser().resolve()
+        root = self.directory
         root.mkdir(parents=True, exist_ok=True)
         return root
 

@@ -167,6 +167,11 @@ def list_stores() -> list[StoreBlock]:
     return stores
 
 
+def archive_roots() -> list[Path]:
+    """The directories the local archives keep results in (resolved, not created)."""
+    return [s.directory for s in list_stores() if isinstance(s, LocalArchive)]
+
+
 def load_store(name: str | None = None) -> StoreBlock:
     """The store called `name`; None means 'local' (the local archive).
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_HOME = Path("~/.esap-prefect")
 
@@ -55,6 +56,47 @@ CONSOLE_HANDLERS = (
 """Prefect's logging handlers that write to the terminal (its logging.yml, by env override)."""
 
 
+DATABASE_VARIABLE = "ESAP_PREFECT_DATABASE_URL"
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def database_url() -> str | None:
+    """$ESAP_PREFECT_DATABASE_URL (PostgreSQL for Prefect and the gateway), checked; None if unset.
+
+    A ValueError names what is wrong and never repeats the URL (it holds a password).
+    """
+    text = os.environ.get(DATABASE_VARIABLE, "").strip()
+    if not text:
+        return None
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{DATABASE_VARIABLE} is not a URL (its port?)") from None
+    if parts.scheme not in POSTGRES_SCHEMES:
+        raise ValueError(
+            f"{DATABASE_VARIABLE} must be postgresql://user:password@host:port/database "
+            f"(scheme {parts.scheme!r}); unset it for the embedded SQLite"
+        )
+    if not parts.hostname or not parts.path.strip("/") or not parts.username:
+        raise ValueError(f"{DATABASE_VARIABLE} needs a user, a host and a database name")
+    del port
+    return text
+
+
+def prefect_database_url(url: str) -> str:
+    """The same database as Prefect's server opens it (SQLAlchemy with asyncpg)."""
+    return "postgresql+asyncpg://" + url.split("://", 1)[1]
+
+
+def database_label(url: str | None) -> str:
+    """Where the data lives, for people: no password."""
+    if url is None:
+        return f"SQLite in {home()}"
+    parts = urlsplit(url)
+    return f"PostgreSQL {parts.hostname}:{parts.port or 5432}{parts.path} as {parts.username}"
+
+
 def embedded_database_url() -> str:
     """The SQLite database of the embedded Prefect server, in this home."""
     return f"sqlite+aiosqlite:///{home() / 'prefect.db'}"
@@ -67,7 +109,14 @@ def configure_prefect_environment() -> None:
     """
     root = home()
     os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_URL", embedded_database_url())
+    try:
+        shared = database_url()
+    except ValueError:
+        shared = None  # the commands that open a database say what is wrong
+    os.environ.setdefault(
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        prefect_database_url(shared) if shared else embedded_database_url(),
+    )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the first migration of a new database takes longer than Prefect's 20 s on busy hosts
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -43,8 +43,10 @@ class EmbeddedStack:
         gateway_port: int | None = 8600,
         report: Callable[[str], None] = lambda _line: None,
         worker_type: str | None = None,
+        worker: bool = True,
     ) -> None:
         self.home, self.host, self.port, self.pool = home, host, port, pool
+        self.with_worker = worker
         self.worker_type = worker_type or os.environ.get("ESAP_PREFECT_WORKER_TYPE", WARM_TYPE)
         if self.worker_type not in WORKER_TYPES:
             raise ValueError(
@@ -115,12 +117,8 @@ class EmbeddedStack:
             if deploy:
                 with self._step("deployments"):
                     apply_deployments()
-            with self._step("worker"):
-                self._worker = spawn(
-                    [prefect, "worker", "start", "--pool", self.pool, "--type", self.worker_type],
-                    self.logs / "worker.log",
-                    self._env(),
-                )
+            if self.with_worker:
+                self._start_worker(prefect)
             if self.gateway_port is not None:
                 with self._step("gateway"):
                     self._gateway = spawn(
@@ -146,6 +144,14 @@ class EmbeddedStack:
                 {"api_url": self.api_url, "gateway_url": self.gateway_url, "pid": os.getpid()}
             )
         )
+
+    def _start_worker(self, prefect: str) -> None:
+        with self._step("worker"):
+            self._worker = spawn(
+                [prefect, "worker", "start", "--pool", self.pool, "--type", self.worker_type],
+                self.logs / "worker.log",
+                self._env(),
+            )
 
     def stop(self) -> None:
         """Stop the gateway, the worker, then the server (TERM, KILL later), leaving nothing."""

@@ -29,6 +29,8 @@ from core.params import (
 from core.settings import (
     CONSOLE_HANDLERS,
     configure_prefect_environment,
+    database_label,
+    database_url,
     home,
     private_home,
     running_stack_api,
@@ -482,6 +484,32 @@ def add_rucio(
     typer.echo(f"saved Rucio store {name!r} ({host or 'from RUCIO_CONFIG'}, archive {archive_rse})")
 
 
+@add_store_app.command("local")
+def add_local(
+    name: Annotated[str, typer.Argument(help="Block name; 'local' replaces the default archive.")],
+    root: Annotated[
+        Path, typer.Option(help="Results directory, shared by every worker and gateway host.")
+    ],
+    overwrite: Overwrite = False,
+) -> None:
+    """Save a local archive with its own root (a shared directory when hosts are several)."""
+    from blocks.archive import LocalArchive
+
+    with _user_errors():
+        if not root.is_absolute():
+            raise UserError(f"--root {root} must be an absolute path (every host reads it)")
+        if not root.is_dir():
+            raise UserError(f"--root {root} is not a directory")
+        try:
+            LocalArchive(root=root.resolve()).save(name, overwrite=overwrite)
+        except ValueError:
+            raise UserError(
+                f"a store named {name!r} exists (use --overwrite to replace it)"
+            ) from None
+        _refresh_run_forms()
+    typer.echo(f"saved local archive {name!r} (results in {root.resolve()})")
+
+
 @app.command()
 def plan(
     request: Annotated[
@@ -512,7 +540,12 @@ def plan(
 
 
 @contextmanager
-def _stack(host: str, port: int, gateway_port: int) -> Iterator[Any]:
+def _stack(host: str, port: int, gateway_port: int | None, worker: bool = True) -> Iterator[Any]:
+    with _user_errors():
+        try:
+            database_url()
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     os.environ["PREFECT_API_URL"] = f"http://{host}:{port}/api"
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -524,6 +557,7 @@ def _stack(host: str, port: int, gateway_port: int) -> Iterator[Any]:
         port=port,
         gateway_port=gateway_port,
         report=lambda line: typer.echo(f"  {line}", err=True),
+        worker=worker,
     )
     with _user_errors(), temporary_settings({PREFECT_API_URL: stack.api_url}):
         try:
@@ -568,9 +602,7 @@ def up(
     host: HostOption = "127.0.0.1", port: PortOption = 4200, gateway_port: GatewayPortOption = 8600
 ) -> None:
     """Start the embedded stack and keep it running until Ctrl-C or SIGTERM."""
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
+    stopping = _until_stopped()
     from gateway.settings import GatewaySettings
 
     prefix = GatewaySettings().esap_prefix
@@ -582,10 +614,64 @@ def up(
             f"  gateway:     {stack.gateway_url}  (UWS at /uws/jobs, token: esap-prefect token)\n"
             f"{esap}"
             f"  home:        {home()}\n"
+            f"  database:    {database_label(database_url())}\n"
             "Press Ctrl-C to stop."
         )
         stopping.wait()
         typer.echo("stopping ...", err=True)
+
+
+def _until_stopped() -> threading.Event:
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    return stopping
+
+
+@app.command()
+def server(host: HostOption = "127.0.0.1", port: PortOption = 4200) -> None:
+    """Start only the Prefect server (and its pools and deployments), for a split production.
+
+    Its database is $ESAP_PREFECT_DATABASE_URL (PostgreSQL; migrated on start) or the home's
+    SQLite. Workers (`esap-prefect worker`) and gateways (`esap-prefect gateway`) run apart.
+    """
+    stopping = _until_stopped()
+    with _stack(host, port, None, worker=False) as stack:
+        typer.echo(
+            f"Prefect server is up.\n  Prefect UI:  {stack.ui_url}\n"
+            f"  Prefect API: {stack.api_url}  (PREFECT_API_URL of workers and gateways)\n"
+            f"  database:    {database_label(database_url())}\n"
+            "Press Ctrl-C to stop."
+        )
+        stopping.wait()
+        typer.echo("stopping ...", err=True)
+
+
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the gateway.")] = 8600,
+) -> None:
+    """Start one gateway (UWS, ESAP's mount, planner, broker) against $PREFECT_API_URL.
+
+    Gateways sharing $ESAP_PREFECT_DATABASE_URL serve the same jobs; one of them follows
+    Prefect at a time. Logs on the terminal.
+    """
+    with _user_errors():
+        if "PREFECT_API_URL" not in os.environ:
+            raise UserError("no Prefect API: set PREFECT_API_URL or start esap-prefect up")
+        try:
+            label = database_label(database_url())
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    from gateway.app import serve
+    from gateway.settings import GatewaySettings
+
+    typer.echo(
+        f"gateway on http://{host}:{port} for {os.environ['PREFECT_API_URL']}; jobs in {label}",
+        err=True,
+    )
+    serve(GatewaySettings(host=host, port=port))
 
 
 @app.command()

@@ -23,7 +23,7 @@ from gateway.auth import Authenticator
 from gateway.bodies import BodyLimit
 from gateway.broker import Broker
 from gateway.broker_store import OfferStore
-from gateway.database import Database
+from gateway.database import open_database
 from gateway.docs import install as install_docs
 from gateway.errors import GatewayError, answer
 from gateway.routes_broker import router as broker_router
@@ -73,7 +73,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(config.database)
+        db = open_database(config.database)
         async with get_client() as client:
             service = JobService(JobStore(db), client, config)
             app.state.service = service

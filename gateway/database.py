@@ -1,6 +1,7 @@
-"""The gateway's SQLite database: one connection, one lock, the schema, owner-only files.
+"""The gateway's database: SQLite in the home (embedded) or PostgreSQL (several gateways).
 
-The job store and the broker's offer store share it; each keeps its own tables.
+The job store and the broker's offer store share it; each keeps its own tables. Statements
+are written once, with `?` marks; `open_database` picks the backend from the location.
 """
 
 from __future__ import annotations
@@ -8,9 +9,55 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+
+class Cursor(Protocol):
+    """What a statement inside a transaction gives back."""
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Transaction(Protocol):
+    """Statements that all happen or none does."""
+
+    def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor: ...
+
+
+class Database(Protocol):
+    """What the stores need of a database; rows are read by column name or position."""
+
+    lock: threading.RLock
+    shared: bool  # other processes write it too: no in-memory caches of what it holds
+    row_lock: str  # appended to a SELECT whose rows a transaction then writes
+
+    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
+    def column(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+    def next_number(self) -> int: ...
+    def columns(self, table: str) -> set[str]: ...
+    def leads(self) -> bool: ...
+    def close(self) -> None: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @version.setter
+    def version(self, value: int) -> None: ...
+
+
+def open_database(location: str | Path) -> Database:
+    """PostgreSQL for a `postgresql://` URL, else an SQLite file at that path."""
+    text = str(location)
+    if text.startswith(("postgresql://", "postgres://")):
+        from gateway.database_postgres import PostgresDatabase  # psycopg only when used
+
+        return PostgresDatabase(text)
+    return SqliteDatabase(Path(text))
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,8 +110,11 @@ CREATE TABLE IF NOT EXISTS job_numbers (n INTEGER PRIMARY KEY AUTOINCREMENT);
 """
 
 
-class Database:
+class SqliteDatabase:
     """One SQLite connection (WAL journal) used from any thread under one re-entrant lock."""
+
+    shared = False
+    row_lock = ""  # one connection, one lock: nobody else writes in between
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,10 +140,23 @@ class Database:
             cursor.row_factory = None
             return [row[0] for row in cursor.execute(sql, args)]
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
-        """One statement, on its own."""
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """One statement, on its own; how many rows it changed."""
         with self.lock:
-            self._db.execute(sql, args)
+            return self._db.execute(sql, args).rowcount
+
+    def next_number(self) -> int:
+        """The next of a sequence that never gives a number twice."""
+        with self.transaction() as db:
+            return int(db.execute("INSERT INTO job_numbers DEFAULT VALUES").lastrowid or 0)
+
+    def columns(self, table: str) -> set[str]:
+        """The names of a table's columns."""
+        return {r["name"] for r in self.rows(f"PRAGMA table_info({table})")}
+
+    def leads(self) -> bool:
+        """Whether this process runs the loops that must run once (the only one does)."""
+        return True
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -311,5 +311,5 @@ async def get_result_file(request: Request, job_id: str, index: int, user: User)
     """A result kept in the local archive, served to the job's owner."""
     service = job_service(request)
     job = service.owned(job_id, user.user)
-    path = service.result_file(job, index)
+    path = await service.result_file(job, index)
     return FileResponse(path, media_type=job.results[index].mime_type, filename=path.name)

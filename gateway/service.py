@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from fastapi import Request
 from prefect.blocks.system import Secret
@@ -26,7 +26,7 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling
 
-from blocks.registry import BlockNames, block_names
+from blocks.registry import BlockNames, archive_roots, block_names
 from core.callbacks import callback_block
 from core.params import ParameterError
 from core.states import ABORTABLE_PHASES, ACTIVE_PHASES, UWSPhase
@@ -70,6 +70,7 @@ class JobService:
         self._changed: dict[str, asyncio.Event] = {}
         self._deployments: dict[str, uuid.UUID] = {}
         self._names: BlockNames | None = None
+        self._roots: list[Path] | None = None
 
     # ---- reading
 
@@ -100,9 +101,23 @@ class JobService:
         if job.phase != watched or job.phase not in (UWSPhase.PENDING, *ACTIVE_PHASES):
             return job
         limit = self.settings.max_wait if seconds < 0 else min(seconds, self.settings.max_wait)
+        if self.store.shared:  # another gateway may be the one that sees the change
+            return await self._wait_shared(job, watched, limit)
         event = self._changed.setdefault(job.job_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), limit)
+        return self.store.get(job.job_id) or job
+
+    async def _wait_shared(self, job: JobRecord, watched: UWSPhase, limit: float) -> JobRecord:
+        """Wait by reading the job again every sync interval (woken early by own changes)."""
+        deadline = asyncio.get_running_loop().time() + limit
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            event = self._changed.setdefault(job.job_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(left, self.settings.sync_interval))
+            current = await asyncio.to_thread(self.store.get, job.job_id)
+            if current is None or current.phase != watched:
+                return current or job
         return self.store.get(job.job_id) or job
 
     async def logs(
@@ -111,19 +126,35 @@ class JobService:
         """The job's flow-run log lines after `since` and its payload jobs' log tails."""
         return await job_logs(self.client, job, since, only)
 
-    def result_file(self, job: JobRecord, index: int) -> Path:
-        """The local file behind result `index` of a job; NotFound unless the archive holds it."""
+    async def result_file(self, job: JobRecord, index: int) -> Path:
+        """The local file behind result `index` of a job; NotFound unless an archive holds it.
+
+        Served only from under the roots of the local archives (a shared directory when
+        workers run on other hosts), as a regular file reached through no link.
+        """
         if not 0 <= index < len(job.results):
             raise NotFound(f"job {job.job_id} has no result {index}")
         location = job.results[index].location or ""
-        path = Path(urlparse(location).path)
+        path = Path(unquote(urlparse(location).path))
         try:
             regular = location.startswith("file://") and stat.S_ISREG(os.lstat(path).st_mode)
         except OSError:
             regular = False
-        if not regular:  # an archived copy is a regular file, never a link
+        # an archived copy is a regular file, never a link, under an archive's root
+        if not regular or not await self._archived(path):
             raise NotFound(f"result {index} of job {job.job_id} is not served here")
         return path
+
+    async def _archived(self, path: Path) -> bool:
+        """Whether `path`, with no link on the way, lies under a local archive's root."""
+        if path.resolve() != path:
+            return False
+        for fresh in (False, True):  # an archive saved since the roots were read
+            if fresh or self._roots is None:
+                self._roots = await asyncio.to_thread(archive_roots)
+            if any(path.is_relative_to(root) for root in self._roots):
+                return True
+        return False
 
     # ---- changing
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.settings import home
+from core.settings import database_url, home
 
 
 def _env_float(name: str, default: float) -> float:
@@ -54,6 +54,11 @@ def _origins() -> tuple[str, ...]:
     return origins
 
 
+def _database() -> str | Path:
+    """$ESAP_GATEWAY_DATABASE_URL, else $ESAP_PREFECT_DATABASE_URL, else gateway.db in the home."""
+    return os.environ.get("ESAP_GATEWAY_DATABASE_URL") or database_url() or home() / "gateway.db"
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Everything the gateway needs to know; see the README's Configuration table."""
@@ -61,7 +66,7 @@ class GatewaySettings:
     host: str = field(default_factory=lambda: os.environ.get("ESAP_GATEWAY_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(os.environ.get("ESAP_GATEWAY_PORT", "8600")))
     public_url: str | None = field(default_factory=lambda: os.environ.get("ESAP_GATEWAY_URL"))
-    database: Path = field(default_factory=lambda: home() / "gateway.db")
+    database: str | Path = field(default_factory=_database)
     token_file: Path = field(default_factory=lambda: home() / "token")
     oidc_issuer: str | None = field(
         default_factory=lambda: os.environ.get("ESAP_GATEWAY_OIDC_ISSUER")

@@ -2,13 +2,12 @@
 
 Each row also keeps its job-list entries, rendered on every change (and all again when the
 rendering changes), so listing is one query; whole lists are kept in memory until the next
-change to one of their owner's jobs.
+change to one of their owner's jobs (not when other gateways share the database).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.states import ACTIVE_PHASES, UWSPhase
-from gateway.database import Database
+from gateway.database import Database, open_database
 from gateway.documents import (
     RENDERING,
     JobList,
@@ -31,13 +30,14 @@ from gateway.documents import (
 from gateway.records import JobRecord, JobUpdate, Result
 
 LIST_CACHE_BYTES = 64 * 2**20
+NO_LIMIT = 2**63 - 1
 
 
 def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _row(row: sqlite3.Row) -> JobRecord:
+def _row(row: Any) -> JobRecord:
     # rows were validated on the way in; building without validation keeps lists of
     # thousands of jobs fast
     data = {k: row[k] for k in JobRecord.model_fields}
@@ -79,9 +79,18 @@ class JobStore:
         self._render_again()
 
     @classmethod
-    def open(cls, path: Path) -> JobStore:
-        """A store on its own database at `path` (tools and tests; the app shares one)."""
-        return cls(Database(path))
+    def open(cls, location: str | Path) -> JobStore:
+        """A store on its own database (tools and tests; the app shares one)."""
+        return cls(open_database(location))
+
+    @property
+    def shared(self) -> bool:
+        """Whether other gateways write these tables too."""
+        return self._db.shared
+
+    def leads(self) -> bool:
+        """Whether this gateway is the one that follows Prefect (see `Database.leads`)."""
+        return self._db.leads()
 
     def close(self) -> None:
         """Close the database."""
@@ -94,7 +103,7 @@ class JobStore:
         """
         if self._db.version >= RENDERING:
             return
-        columns = {r["name"] for r in self._db.rows("PRAGMA table_info(jobs)")}
+        columns = self._db.columns("jobs")
         with self._db.transaction() as db:
             for name in (*JobRecord.model_fields, *ListEntry._fields):
                 if name not in columns:
@@ -116,15 +125,16 @@ class JobStore:
     def update(self, job_id: str, update: JobUpdate) -> JobRecord | None:
         """Apply `update` to one job (and re-render its list entries); the job after, or None."""
         changes = update.changes()
-        with self._lock:
-            job = self.get(job_id)
-            if job is None or not changes:
-                return job
-            job = job.model_copy(update=changes)
+        with self._lock, self._db.transaction() as db:  # the row stays locked until written
+            sql = f"SELECT * FROM jobs WHERE job_id = ?{self._db.row_lock}"
+            rows = db.execute(sql, [job_id]).fetchall()
+            if not rows or not changes:
+                return _row(rows[0]) if rows else None
+            job = _row(rows[0]).model_copy(update=changes)
             self._forget_lists(job.owner)
             values = {k: _value(v) for k, v in changes.items()} | list_entry(job)._asdict()
             sets = ", ".join(f"{name} = ?" for name in values)
-            self._db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*values.values(), job_id])
+            db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*values.values(), job_id])
             return job
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -183,6 +193,9 @@ class JobStore:
         """The job-list document; the same one again until one of the owner's jobs changes."""
         wanted = tuple(sorted({UWSPhase(p) for p in phases}, key=lambda p: p.value))
         key = (owner, form, base_url, wanted, after, last, offset)
+        if self._db.shared:  # another gateway may have changed the owner's jobs
+            entries = self.entries(form, base_url, owner, wanted, after, last, offset)
+            return JobList(jobs_document(entries, form))
         with self._lock:
             if (document := self._lists.get(key)) is None:
                 entries = self.entries(form, base_url, owner, wanted, after, last, offset)
@@ -197,13 +210,12 @@ class JobStore:
 
     def count(self, owner: str, phases: Iterable[UWSPhase] = ()) -> int:
         """How many jobs `find` would return without a limit."""
-        where, args = _listed(owner, phases, None, None)
+        where, args = _listed(owner, phases, None, None, ordered=False)
         return int(self._db.rows(f"SELECT count(*) FROM jobs {where}", args)[0][0])
 
     def new_job_id(self) -> str:
         """The next job number, as django-uws numbers jobs (never reused)."""
-        with self._db.transaction() as db:
-            return str(db.execute("INSERT INTO job_numbers DEFAULT VALUES").lastrowid)
+        return str(self._db.next_number())
 
     def active(self) -> list[JobRecord]:
         """Jobs whose flow run may still change."""
@@ -223,6 +235,7 @@ def _listed(
     after: datetime | None,
     last: int | None,
     offset: int = 0,
+    ordered: bool = True,
 ) -> tuple[str, list[Any]]:
     """The WHERE, ORDER and LIMIT of a job list: newest first, ARCHIVED only when asked for."""
     wanted = [p.value for p in phases]
@@ -237,10 +250,12 @@ def _listed(
     if after is not None:
         sql += " AND creation_time > ?"
         args.append(_value(after))
+    if not ordered:
+        return sql, args
     sql += " ORDER BY creation_time DESC, rowid DESC"
     if last is not None or offset:
         sql += " LIMIT ? OFFSET ?"
-        args += [-1 if last is None else last, offset]
+        args += [NO_LIMIT if last is None else last, offset]
     return sql, args
 
 

@@ -46,10 +46,21 @@ class PhaseSync:
         self.store, self.client = service.store, service.client
 
     async def forever(self, interval: float) -> None:
-        """Follow flow runs until cancelled; a failing cycle is logged and retried."""
+        """Follow flow runs until cancelled; a failing cycle is logged and retried.
+
+        Of several gateways on one database only the one holding its lead follows; the
+        others answer from the tables, and one takes over when the leader is gone.
+        """
+        leading = False
         while True:
             try:
-                await self.once()
+                if await asyncio.to_thread(self.store.leads):
+                    if not leading:
+                        log.info("this gateway follows Prefect for the shared job table")
+                    leading = True
+                    await self.once()
+                else:
+                    leading = False
             except Exception:
                 log.exception("gateway sync cycle failed")
             await asyncio.sleep(interval)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tests.servers.containers import DockerEngine
     from tests.servers.diracx import DiracXServer
     from tests.servers.kubelet import StandInCluster
+    from tests.servers.postgres import PostgresServer
     from tests.servers.rucio import RucioServer
     from tests.servers.vo import VoService
     from tests.stack import Gateway, Issuer
@@ -219,3 +220,23 @@ def dock(gateway: Gateway, docker_engine: DockerEngine) -> str:
                         "--max-cores", "2", "--overwrite")  # fmt: skip
     assert added.returncode == 0, added.stderr
     return "dock"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL (Debian's package), password auth on loopback, for this session."""
+    from tests.servers.postgres import PostgresServer
+
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="esap-pg-")))
+    server.initialise().start().create_database()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a gateway store lives: a file, or a database of its own on the session's server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "gateway.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.fresh_database()

@@ -21,7 +21,7 @@ from gateway.broker_models import (
     Session,
 )
 from gateway.broker_store import OfferStore, StoredSession
-from gateway.database import Database
+from gateway.database import open_database
 from gateway.service import now
 
 
@@ -35,7 +35,7 @@ def _stored(phase: str, expires: datetime) -> StoredSession:
 
 
 def test_an_offer_left_past_its_expiry_is_expired(tmp_path: Path) -> None:
-    db = Database(tmp_path / "gateway.db")
+    db = open_database(tmp_path / "gateway.db")
     broker = Broker(OfferStore(db), cast(Any, None), list, offer_seconds=1)
     assert broker._phase(_stored("OFFERED", now() + timedelta(seconds=30))) is Phase.OFFERED
     assert broker._phase(_stored("OFFERED", now() - timedelta(seconds=1))) is Phase.EXPIRED

@@ -184,6 +184,56 @@ def test_one_bad_job_does_not_stop_the_time_limits_of_the_others(tmp_path: Path)
     store.close()
 
 
+@pytest.mark.usefixtures("prefect_api")
+def test_result_files_are_served_only_from_under_an_archive_root(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from blocks.archive import LocalArchive
+    from gateway.errors import NotFound
+    from gateway.records import Result
+
+    root = tmp_path / "shared results"
+    LocalArchive(root=root).save("served-test", overwrite=True)
+    kept = root / "run a" / "out.txt"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("archived")
+    outside = tmp_path / "private.txt"
+    outside.write_text("never served")
+    (root / "escape").symlink_to(tmp_path)  # a folder link inside the root, out of it
+    linked = root / "escape" / "private.txt"
+    start = datetime.now(UTC)
+    job = JobRecord(
+        job_id="j", owner="u", workflow="hello-world", run_id=None, phase=UWSPhase.COMPLETED,
+        parameters={}, flow_parameters={}, creation_time=start, start_time=start,
+        end_time=start, execution_duration=0, destruction=start + timedelta(days=1),
+        error_type=None, error_message=None, flow_run_id=None, token_hash=None,
+        results=[
+            Result(id=str(i), href=f"http://gw/{i}", location=path.as_uri())
+            for i, path in enumerate([kept, outside, linked])
+        ],
+    )  # fmt: skip
+
+    async def serve() -> list[str]:
+        async with get_client() as client:
+            settings = GatewaySettings(database=tmp_path / "g.db")
+            service = JobService(JobStore.open(tmp_path / "g.db"), client, settings)
+            answers = []
+            for index in range(3):
+                try:
+                    answers.append((await service.result_file(job, index)).read_text())
+                except NotFound as exc:
+                    answers.append(str(exc))
+            return answers
+
+    try:
+        served, refused, through_link = asyncio.run(serve())
+    finally:
+        LocalArchive.delete("served-test")
+    assert served == "archived", "a path with a space, under the saved archive's root"
+    assert refused == "result 1 of job j is not served here"
+    assert through_link == "result 2 of job j is not served here"
+
+
 class _SlowIssuer(http.server.BaseHTTPRequestHandler):
     """A key-set endpoint that takes its time, or fails, and counts how often it is asked."""
 
