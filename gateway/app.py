@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,7 +26,7 @@ from gateway.broker import Broker
 from gateway.broker_store import OfferStore
 from gateway.database import open_database
 from gateway.docs import install as install_docs
-from gateway.errors import GatewayError, answer
+from gateway.errors import GatewayError, answer, prefect_unavailable
 from gateway.routes_broker import router as broker_router
 from gateway.routes_esap import esap_router
 from gateway.routes_planner import facility_capabilities
@@ -109,6 +110,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.include_router(esap_router(config.esap_prefix))
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(GatewayError, answer)
+    app.add_exception_handler(httpx.TransportError, prefect_unavailable)
+    app.add_exception_handler(httpx.HTTPStatusError, prefect_unavailable)
     app.add_middleware(CompressDocuments)
     app.add_middleware(BodyLimit, limit=config.max_body)
     if config.cors_origins:

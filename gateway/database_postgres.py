@@ -13,14 +13,16 @@ from functools import lru_cache
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.database import SCHEMA
+from gateway.errors import DatabaseUnavailable
 
 SCHEMA_NAME = "esap_gateway"
 LEADER_KEY = 0x6573_6170_6777  # "esapgw": the advisory lock the following gateway holds
 DDL_KEY = LEADER_KEY + 1
 POOL_SIZE = 10
+POOL_WAIT = 5.0  # seconds a request waits for a working connection before its 503
 
 TABLES = (
     SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
@@ -100,9 +102,18 @@ class PostgresDatabase:
                 if statement.strip():
                     connection.execute(statement)
 
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, checked; the database away is DatabaseUnavailable (503)."""
+        try:
+            with self._pool.connection(timeout=POOL_WAIT) as connection:
+                yield connection
+        except (psycopg.OperationalError, PoolTimeout):
+            raise DatabaseUnavailable("the job database does not answer; try again") from None
+
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """The rows a query gives."""
-        with self._pool.connection() as connection:
+        with self._connection() as connection:
             return connection.execute(_marks(sql), list(args)).fetchall()
 
     def column(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
@@ -111,13 +122,13 @@ class PostgresDatabase:
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """One statement, on its own; how many rows it changed."""
-        with self._pool.connection() as connection:
+        with self._connection() as connection:
             return connection.execute(_marks(sql), list(args)).rowcount
 
     @contextmanager
     def transaction(self) -> Iterator[_Transaction]:
         """Statements that all happen or none does."""
-        with self._pool.connection() as connection, connection.transaction():
+        with self._connection() as connection, connection.transaction():
             yield _Transaction(connection)
 
     def next_number(self) -> int:

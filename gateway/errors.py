@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
@@ -69,7 +70,30 @@ class Unavailable(GatewayError):
     status = 503
 
 
+class PrefectUnavailable(Unavailable):
+    """The Prefect API does not answer, or answers 5xx (503)."""
+
+    headers = {"Retry-After": "5"}
+
+
+class DatabaseUnavailable(Unavailable):
+    """The job database does not answer (a restart, an outage): try again shortly (503)."""
+
+    headers = {"Retry-After": "5"}
+
+
 async def answer(request: Request, exc: Exception) -> JSONResponse:
     """The HTTP answer of a domain error: its status, `{"detail": message}`, its headers."""
     assert isinstance(exc, GatewayError)
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=exc.headers)
+
+
+async def prefect_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Prefect away (no answer, or a 5xx while its database restarts): 503, try again.
+
+    Any other error of Prefect's stays a 500: a bug, not an outage.
+    """
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, httpx.HTTPStatusError) and status is not None and status < 500:
+        return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+    return await answer(request, PrefectUnavailable("the Prefect API does not answer; try again"))

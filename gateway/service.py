@@ -175,7 +175,13 @@ class JobService:
         if phase is not None and phase.upper() != "RUN":
             raise InvalidRequest("PHASE at creation can only be RUN")
         job = await self.create(owner, {k: v for k, v in fields.items() if k.upper() != "PHASE"})
-        return job if phase is None else await self.run(job)
+        if phase is None:
+            return job
+        try:
+            return await self.run(job)
+        except BaseException:  # the client is told it failed: no half-made job stays behind
+            self.store.delete(job.job_id)
+            raise
 
     async def create(self, owner: str, given: Mapping[str, str]) -> JobRecord:
         """A PENDING job, its workflow and parameters checked (its token comes with RUN)."""

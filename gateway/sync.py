@@ -27,6 +27,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from core.states import FINAL_PHASES, PREFECT_TO_UWS, UWSPhase
+from gateway.errors import Unavailable
 from gateway.records import JobRecord, JobUpdate, Result
 from gateway.redact import public_message
 from gateway.service import JobService, ended, now
@@ -61,6 +62,8 @@ class PhaseSync:
                     await self.once()
                 else:
                     leading = False
+            except Unavailable as exc:  # an outage: one line a cycle, no traceback
+                log.warning("gateway sync cycle skipped: %s", exc)
             except Exception:
                 log.exception("gateway sync cycle failed")
             await asyncio.sleep(interval)
