@@ -252,10 +252,23 @@ class JobService:
 
     async def run(self, job: JobRecord) -> JobRecord:
         """PENDING (or HELD) -> QUEUED: a flow run of the workflow's deployment."""
-        if job.phase not in (UWSPhase.PENDING, UWSPhase.HELD):
+        runnable = (UWSPhase.PENDING, UWSPhase.HELD)
+        claimed = None
+        if job.phase in runnable:  # claimed in the table: of two gateways at once, one runs it
+            claimed = self.store.update(job.job_id, JobUpdate(phase=UWSPhase.QUEUED), when=runnable)
+        if claimed is None:
+            current = self.store.get(job.job_id) or job
             raise InvalidTransition(
-                f"job {job.job_id} is {job.phase.value}; only a PENDING job can RUN"
+                f"job {job.job_id} is {current.phase.value}; only a PENDING job can RUN"
             )
+        try:
+            return await self._start(job)
+        except BaseException:
+            self.store.update(job.job_id, JobUpdate(phase=job.phase))
+            raise
+
+    async def _start(self, job: JobRecord) -> JobRecord:
+        """The flow run of a claimed job, with its call-back token."""
         from flows.registry import WORKFLOWS
 
         deployment = await self._deployment_id(WORKFLOWS[job.workflow].deployment)

@@ -122,12 +122,20 @@ class JobStore:
             self._forget_lists(job.owner)
             self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", list(values.values()))
 
-    def update(self, job_id: str, update: JobUpdate) -> JobRecord | None:
-        """Apply `update` to one job (and re-render its list entries); the job after, or None."""
+    def update(
+        self, job_id: str, update: JobUpdate, when: Iterable[UWSPhase] | None = None
+    ) -> JobRecord | None:
+        """Apply `update` to one job (and re-render its list entries); the job after, or None.
+
+        With `when`, only if the job is in one of those phases (else None, nothing changed):
+        of two gateways asked at once, one wins.
+        """
         changes = update.changes()
         with self._lock, self._db.transaction() as db:  # the row stays locked until written
             sql = f"SELECT * FROM jobs WHERE job_id = ?{self._db.row_lock}"
             rows = db.execute(sql, [job_id]).fetchall()
+            if rows and when is not None and _row(rows[0]).phase not in set(when):
+                return None
             if not rows or not changes:
                 return _row(rows[0]) if rows else None
             job = _row(rows[0]).model_copy(update=changes)

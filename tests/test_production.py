@@ -8,6 +8,7 @@ gives them; only the database server and the folders are shared.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -215,6 +216,37 @@ def _uws_runs(production: Production) -> dict[UUID, tuple[StateType | None, str 
     }
     assert workers >= {"host-0", "host-1"}
     return {run.id: (run.state_type, taken[run.id]) for run in runs}
+
+
+def test_run_sent_to_both_gateways_at_once_runs_a_job_once(production: Production) -> None:
+    before = len(_uws_runs(production))
+    with production.http(0) as first, production.http(1) as second:
+        ids = []
+        for _ in range(10):
+            created = first.post("/uws/jobs", data={"workflow": "hello-world"})
+            ids.append(created.headers["location"].rsplit("/", 1)[-1])
+        with ThreadPoolExecutor(2) as pool:
+            answers = [
+                sorted(
+                    pool.map(
+                        lambda http, job_id=job_id: http.post(
+                            f"/uws/jobs/{job_id}/phase", data={"PHASE": "RUN"}
+                        ),
+                        (first, second),
+                    ),
+                    key=lambda answer: answer.status_code,
+                )
+                for job_id in ids
+            ]
+    for job_id, (won, lost) in zip(ids, answers, strict=True):
+        assert won.status_code == 303 and lost.status_code == 400, (won.text, lost.text)
+        assert re.search(rf"job {job_id} is [A-Z]+; only a PENDING job can RUN", lost.text)
+    wait_until(
+        lambda: Counter(_phase(production, job_id) for job_id in ids),
+        lambda found: found["COMPLETED"] == len(ids),
+        180,
+    )
+    assert len(_uws_runs(production)) == before + len(ids), "one flow run a job"
 
 
 def _leader(production: Production) -> str:
