@@ -7,9 +7,12 @@ connections); every change one makes is what the other reads next.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,6 +22,7 @@ from core.states import UWSPhase
 from gateway.database_postgres import SCHEMA_NAME
 from gateway.records import JobRecord, JobUpdate, Result
 from gateway.store import JobStore
+from tests.helpers import CLI
 from tests.servers.postgres import PostgresServer
 
 
@@ -145,3 +149,19 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_its_password(
 def test_prefect_opens_the_same_database_with_asyncpg() -> None:
     url = "postgresql://esap:pw@db.example:5432/esap"
     assert prefect_database_url(url) == "postgresql+asyncpg://esap:pw@db.example:5432/esap"
+
+
+@pytest.mark.parametrize("command", [["server", "--port", "1"], ["gateway", "--port", "1"]])
+def test_server_and_gateway_refuse_a_bad_database_url_in_one_line(
+    command: list[str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ESAP_"))}
+    env |= {
+        "ESAP_PREFECT_HOME": str(tmp_path),
+        "PREFECT_API_URL": "http://127.0.0.1:1/api",
+        DATABASE_VARIABLE: "mysql://esap:topsecret@db.example/esap",
+    }
+    done = subprocess.run([CLI, *command], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ESAP_PREFECT_DATABASE_URL must be postgresql://")
+    assert "topsecret" not in done.stderr + done.stdout

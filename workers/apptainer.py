@@ -40,6 +40,7 @@ from pydantic import Field, PositiveInt
 from blocks.apptainer import is_sif
 from core.settings import home
 from workers import APPTAINER_TYPE, apptainer_launch
+from workers.background import every, stop
 
 ENGINE_COMMAND = ["python", "-m", "prefect.engine"]
 POLL_VARIABLE = "ESAP_APPTAINER_WORKER_POLL_SECONDS"
@@ -171,27 +172,18 @@ class ApptainerWorker(ProcessWorker):
             self._logger.error("the apptainer worker cannot start: %s", exc)
             await super().__aexit__(None, None, None)
             raise SystemExit(1) from None
-        self._watch = asyncio.create_task(self._watch_orphans())
+        seconds = float(os.environ.get(POLL_VARIABLE, "5"))
+        self._watch = every(
+            seconds, self._cancel_orphans, self._logger, "looking for earlier workers' runs"
+        )
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await stop(self._watch)
         await super().__aexit__(*exc_info)
 
-    async def _watch_orphans(self) -> None:
-        """Stop the containers of Cancelling runs that a previous worker here started."""
-        seconds = float(os.environ.get(POLL_VARIABLE, "5"))
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await self._cancel_orphans()
-            except Exception:  # the next cycle tries again; the worker must keep running
-                self._logger.exception("looking for cancelled runs of earlier workers failed")
-
     async def _cancel_orphans(self) -> None:
+        """Stop the containers of Cancelling runs that a previous worker here started."""
         if self._work_pool is None:
             return
         runs = await self.client.read_flow_runs(

@@ -34,6 +34,7 @@ from core.errors import FatalError
 from core.jobs import JobRef, JobStatus
 from core.states import JobState
 from workers import DIRAC_TYPE
+from workers.background import stop
 from workers.dirac_job import DiracJobConfiguration, DiracVariables
 
 POLL_SECONDS = float(os.environ.get("ESAP_DIRAC_WORKER_POLL_SECONDS", "5"))
@@ -118,10 +119,7 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await stop(self._loop_task)
         await super().__aexit__(*exc_info)
 
     def _pool_facility(self) -> str:

@@ -7,7 +7,6 @@ pod never starts (an image that cannot be pulled, no node) would stay Cancelling
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from prefect_kubernetes.worker import KubernetesWorker
 
 from core.errors import FatalError
 from workers import KUBERNETES_TYPE
+from workers.background import every, stop
 
 CANCEL_POLL_SECONDS = 5.0
 GRACE_VARIABLE = "ESAP_PREFECT_KUBERNETES_CANCEL_GRACE"
@@ -63,23 +63,14 @@ class EsapKubernetesWorker(KubernetesWorker):  # type: ignore[misc]
 
     async def __aenter__(self) -> EsapKubernetesWorker:
         await super().__aenter__()
-        self._watch = asyncio.create_task(self._watch_cancelling())
+        self._watch = every(
+            CANCEL_POLL_SECONDS, self.end_cancelling_runs, self._logger, "ending cancelled runs"
+        )
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await stop(self._watch)
         await super().__aexit__(*exc_info)
-
-    async def _watch_cancelling(self) -> None:
-        while True:
-            try:
-                await self.end_cancelling_runs()
-            except Exception:
-                self._logger.exception("kubernetes worker: ending cancelled runs failed; again")
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
 
     async def end_cancelling_runs(self) -> int:
         """One query for the pool's Cancelling runs; delete the Jobs of those left so. How many."""
