@@ -264,7 +264,7 @@ class JobService:
         try:
             return await self._start(job)
         except BaseException:
-            self.store.update(job.job_id, JobUpdate(phase=job.phase))
+            self.store.update(job.job_id, JobUpdate(phase=job.phase), when=(UWSPhase.QUEUED,))
             raise
 
     async def _start(self, job: JobRecord) -> JobRecord:
@@ -287,12 +287,17 @@ class JobService:
                 detail = exc.response.json().get("detail", str(exc))
                 raise InvalidRequest(f"Prefect refused the parameters: {detail}") from None
             raise
-        return self.change(
-            job,
-            JobUpdate(
-                phase=UWSPhase.QUEUED, flow_run_id=str(flow_run.id), token_hash=token_hash(token)
-            ),
+        started = self.store.update(
+            job.job_id,
+            JobUpdate(flow_run_id=str(flow_run.id), token_hash=token_hash(token)),
+            when=(UWSPhase.QUEUED,),
         )
+        if started is None:  # aborted or deleted while its flow run was being made
+            await self.client.set_flow_run_state(flow_run.id, Cancelled(), force=True)
+            await self._drop_token(job)
+            return self.store.get(job.job_id) or job
+        self._wake(job.job_id)
+        return started
 
     async def _give_token(self, job: JobRecord) -> str:
         """A new job token (40 hex digits, as django-uws's), kept for the job's payloads.

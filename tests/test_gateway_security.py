@@ -185,6 +185,49 @@ def test_one_bad_job_does_not_stop_the_time_limits_of_the_others(tmp_path: Path)
 
 
 @pytest.mark.usefixtures("prefect_api")
+def test_a_job_aborted_while_its_flow_run_is_being_made_stays_aborted(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.objects import StateType
+
+    from flows.registry import WORKFLOWS
+    from gateway.records import JobUpdate
+
+    store = JobStore.open(tmp_path / "gateway.db")
+
+    class AbortedMeanwhile(JobService):
+        async def _give_token(self, job: JobRecord) -> str:
+            self.store.update(job.job_id, JobUpdate(phase=UWSPhase.ABORTED))  # another request
+            return await super()._give_token(job)
+
+    async def scenario() -> tuple[JobRecord, list[StateType | None]]:
+        async with get_client() as client:
+            deployment = await (await never_run.ato_deployment(name="abort-window")).aapply()
+            settings = GatewaySettings(database=tmp_path / "g.db")
+            service = AbortedMeanwhile(store, client, settings)
+            service._deployments[WORKFLOWS["hello-world"].deployment] = deployment
+            start = datetime.now(UTC)
+            job = JobRecord(
+                job_id="w", owner="u", workflow="hello-world", run_id=None,
+                phase=UWSPhase.PENDING, parameters={}, flow_parameters={},
+                creation_time=start, start_time=None, end_time=None, execution_duration=0,
+                destruction=start + timedelta(days=1), error_type=None, error_message=None,
+                results=[], flow_run_id=None, token_hash=None,
+            )  # fmt: skip
+            store.insert(job)
+            after = await service.run(job)
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment]))
+            )
+            return after, [run.state_type for run in runs]
+
+    after, states = asyncio.run(scenario())
+    assert after.phase is UWSPhase.ABORTED and after.flow_run_id is None and not after.token_hash
+    assert states == [StateType.CANCELLED], "the flow run made meanwhile is cancelled"
+    store.close()
+
+
+@pytest.mark.usefixtures("prefect_api")
 def test_result_files_are_served_only_from_under_an_archive_root(tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
