@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.crashes import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
+
 DEFAULT_HOME = Path("~/.esap-prefect")
 
 
@@ -118,6 +120,8 @@ def configure_prefect_environment() -> None:
         prefect_database_url(shared) if shared else embedded_database_url(),
     )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # flow runs beat every 30 s (Prefect's default: 180; workers pass it on to every run)
+    os.environ.setdefault(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))
     # the first migration of a new database takes longer than Prefect's 20 s on busy hosts
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # runs log at INFO to the Prefect API (the UI shows them); the terminal stays quiet

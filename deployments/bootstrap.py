@@ -27,6 +27,7 @@ from blocks.local import LocalFacility
 from blocks.registry import DEFAULT_NAME, block_names, list_facilities
 from core.settings import home
 from deployments import runtime_image
+from deployments.crash_detection import ensure_crash_detection
 from flows.registry import (
     APPTAINER_POOL,
     DIRAC_POOL,
@@ -296,7 +297,8 @@ def _with_choices(
 
 
 def prepare() -> None:
-    """Block types, default blocks and the work pool, in order."""
+    """Block types, default blocks, the work pools and crash detection, in order."""
     register_block_types()
     ensure_default_blocks()
     ensure_work_pools()
+    ensure_crash_detection()

@@ -539,13 +539,31 @@ def plan(
     typer.echo(answer.model_dump_json(indent=2))
 
 
+def _checked_crash_settings() -> None:
+    """UserError naming a crash-detection setting out of its range."""
+    from core import crashes
+    from core.errors import FatalError
+
+    try:
+        crashes.silence()
+        crashes.retries()
+    except FatalError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _checked_settings() -> str | None:
+    """The database URL, once it and the crash settings are known good (UserError)."""
+    _checked_crash_settings()
+    try:
+        return database_url()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 @contextmanager
 def _stack(host: str, port: int, gateway_port: int | None, worker: bool = True) -> Iterator[Any]:
     with _user_errors():
-        try:
-            database_url()
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        _checked_settings()
     os.environ["PREFECT_API_URL"] = f"http://{host}:{port}/api"
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -660,10 +678,7 @@ def gateway(
     with _user_errors():
         if "PREFECT_API_URL" not in os.environ:
             raise UserError("no Prefect API: set PREFECT_API_URL or start esap-prefect up")
-        try:
-            label = database_label(database_url())
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        label = database_label(_checked_settings())
     from gateway.app import serve
     from gateway.settings import GatewaySettings
 
@@ -690,6 +705,8 @@ def worker(
     if "PREFECT_API_URL" not in os.environ:
         typer.echo("error: no Prefect API: set PREFECT_API_URL or start esap-prefect up", err=True)
         raise typer.Exit(2)
+    with _user_errors():
+        _checked_crash_settings()
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound

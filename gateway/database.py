@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.settings import POSTGRES_SCHEMES
+
 
 class Cursor(Protocol):
     """What a statement inside a transaction gives back."""
@@ -52,7 +54,7 @@ class Database(Protocol):
 def open_database(location: str | Path) -> Database:
     """PostgreSQL for a `postgresql://` URL, else an SQLite file at that path."""
     text = str(location)
-    if text.startswith(("postgresql://", "postgres://")):
+    if text.startswith(tuple(f"{scheme}://" for scheme in POSTGRES_SCHEMES)):
         from gateway.database_postgres import PostgresDatabase  # psycopg only when used
 
         return PostgresDatabase(text)

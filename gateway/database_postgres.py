@@ -90,6 +90,7 @@ class PostgresDatabase:
             name="esap-gateway",
         )
         self._leader: psycopg.Connection[Any] | None = None
+        self._leading = False
         self._leader_lock = threading.Lock()
 
     def _create_schema(self) -> None:
@@ -151,27 +152,26 @@ class PostgresDatabase:
         lets another take over at its next cycle.
         """
         with self._leader_lock:
-            if self._leader is not None:
-                try:
+            try:
+                if self._leader is None:  # one connection a gateway, kept while it lives
+                    self._leader = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+                    self._leading = False
+                if self._leading:
                     self._leader.execute("SELECT 1")
                     return True
-                except psycopg.Error:
-                    self._drop_leader()
-            try:
-                connection = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+                sql = "SELECT pg_try_advisory_lock(%s)"
+                row = self._leader.execute(sql, [LEADER_KEY]).fetchone()
             except psycopg.Error:
+                self._drop_leader()  # with it goes the lock, if it held it
                 return False
-            row = connection.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_KEY]).fetchone()
-            if row is not None and row[0]:
-                self._leader = connection
-                return True
-            connection.close()
-            return False
+            self._leading = bool(row is not None and row[0])
+            return self._leading
 
     def _drop_leader(self) -> None:
         if self._leader is not None:
             self._leader.close()
             self._leader = None
+        self._leading = False
 
     @property
     def version(self) -> int:

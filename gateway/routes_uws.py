@@ -24,6 +24,7 @@ from gateway.documents import (
 )
 from gateway.errors import InvalidRequest
 from gateway.records import JobRecord
+from gateway.store import LIST_LIMIT
 from gateway.uws_input import one, phases, read_fields, results, seconds, timestamp
 
 router = APIRouter(prefix="/uws", tags=["UWS"])
@@ -56,7 +57,6 @@ XML = "application/xml"
 JSON = "application/json"
 User = Annotated[Identity, Depends(current_user)]
 MAX_RESULTS = 1000
-MAX_LAST = 2**31 - 1
 
 
 def _wants_json(request: Request) -> bool:
@@ -96,9 +96,12 @@ async def list_jobs(
     user: User,
     PHASE: Annotated[list[str] | None, Query(max_length=20)] = None,
     AFTER: str | None = None,
-    LAST: Annotated[int | None, Query(ge=0, le=MAX_LAST)] = None,
+    LAST: Annotated[int | None, Query(ge=0, le=LIST_LIMIT)] = None,
 ) -> Response:
-    """The caller's jobs, newest first, filtered by PHASE (repeatable), AFTER and LAST."""
+    """The caller's jobs, newest first, filtered by PHASE (repeatable), AFTER and LAST.
+
+    A list holds the newest 10,000 jobs that match at most (LAST up to that).
+    """
     after = timestamp(AFTER, "AFTER") if AFTER else None
     form: ListFormat = "json" if _wants_json(request) else "xml"
     store = job_service(request).store

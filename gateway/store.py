@@ -7,6 +7,7 @@ change to one of their owner's jobs (not when other gateways share the database)
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -31,6 +32,8 @@ from gateway.records import JobRecord, JobUpdate, Result
 
 LIST_CACHE_BYTES = 64 * 2**20
 NO_LIMIT = 2**63 - 1
+LIST_LIMIT = 10_000
+"""The most entries one job list holds (newest first): no query reads an owner's jobs whole."""
 
 
 def _time(value: str | None) -> datetime | None:
@@ -131,7 +134,10 @@ class JobStore:
         of two gateways asked at once, one wins.
         """
         changes = update.changes()
-        with self._lock, self._db.transaction() as db:  # the row stays locked until written
+        # shared tables: the row lock is the only lock (the list cache is off); an outage's
+        # wait for a connection must not hold this gateway's other writes
+        local = contextlib.nullcontext() if self._db.shared else self._lock
+        with local, self._db.transaction() as db:  # the row stays locked until written
             sql = f"SELECT * FROM jobs WHERE job_id = ?{self._db.row_lock}"
             rows = db.execute(sql, [job_id]).fetchall()
             if rows and when is not None and _row(rows[0]).phase not in set(when):
@@ -183,7 +189,11 @@ class JobStore:
         last: int | None = None,
         offset: int = 0,
     ) -> list[str]:
-        """The job-list entries of what `find` would return, with `base_url` in their links."""
+        """The job-list entries of what `find` would return, with `base_url` in their links.
+
+        At most LIST_LIMIT of them, newest first, whatever `last` asks.
+        """
+        last = LIST_LIMIT if last is None else min(last, LIST_LIMIT)
         where, args = _listed(owner, phases, after, last, offset)
         sql = f"SELECT {form}_head || ? || {form}_tail FROM jobs {where}"
         return self._db.column(sql, [base_text(base_url, form), *args])

@@ -26,6 +26,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
+from core import crashes
 from core.states import FINAL_PHASES, PREFECT_TO_UWS, UWSPhase
 from gateway.errors import Unavailable
 from gateway.records import JobRecord, JobUpdate, Result
@@ -190,6 +191,10 @@ def _following(job: JobRecord, run: FlowRun) -> JobUpdate | None:
     """What changes for `job` given its flow run's state; None when nothing does."""
     if run.state is None:
         return None
+    if run.state.type is StateType.CRASHED and crashes.will_be_retried(
+        run.labels, run.state.timestamp
+    ):
+        return None  # a worker sends it back and it runs again: not ERROR yet
     phase = PREFECT_TO_UWS.get(run.state.type.value, UWSPhase.UNKNOWN)
     if phase is job.phase:
         return None

@@ -310,3 +310,24 @@ def test_concordia_refuses_a_range_upside_down_and_a_keyword_the_build_lacks() -
         cli("run", "concordia", "-p", "viewcone=[0, 5]", "-p", 'options=["IACT"]'),
         "cannot read VIEWCONE (it needs the VIEWCONE option)",
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("ESAP_PREFECT_CRASH_RETRIES", "nan", "give a whole number from 0 to 10"),
+        ("ESAP_PREFECT_CRASH_RETRIES", "1.5", "give a whole number from 0 to 10"),
+        ("ESAP_PREFECT_CRASH_RETRIES", "11", "give a whole number from 0 to 10"),
+        ("ESAP_PREFECT_CRASH_AFTER", "30", "give seconds from 45 to 86400"),
+        ("ESAP_PREFECT_CRASH_AFTER", "inf", "give seconds from 45 to 86400"),
+        ("ESAP_PREFECT_CRASH_AFTER", "soon", "give seconds from 45 to 86400"),
+    ],
+)
+def test_bad_crash_settings_are_refused_by_every_long_running_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    api = "http://127.0.0.1:9/api"  # never reached: the settings are checked first
+    for command in (["worker", "--pool", "local"], ["gateway"], ["server"]):
+        done = cli(*command, api=api, home=tmp_path, timeout=60)
+        assert_clean_error(done, f"{variable}={value!r}", expected)

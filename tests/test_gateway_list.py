@@ -184,3 +184,20 @@ def test_entries_kept_by_an_older_rendering_are_rendered_again(tmp_path: Path) -
     store.close()
     # and only once: a database at the current version is left as it is
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == RENDERING
+
+
+def test_a_list_holds_the_newest_jobs_up_to_its_bound_whatever_is_asked(
+    store_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No list query reads an owner's jobs whole: the newest LIST_LIMIT, even for LAST=huge."""
+    monkeypatch.setattr("gateway.store.LIST_LIMIT", 3)
+    store = JobStore.open(store_location)
+    jobs = [job(i) for i in range(7)]
+    for j in jobs:
+        store.insert(j)
+    newest = [jobs[i].job_id for i in (6, 5, 4)]
+    for last in (None, 5, 2**31):
+        entries = store.entries("json", BASE, "me", last=last)
+        assert [json.loads(e)["jobId"] for e in entries] == newest, last
+    assert len(store.entries("json", BASE, "me", last=2)) == 2
+    assert store.count("me") == 7, "the count still says how many there are"

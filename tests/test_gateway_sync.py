@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from prefect import flow
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.states import Completed, Running
+from prefect.states import Completed, Crashed, Running
 
+from core import crashes
 from core.states import UWSPhase
 from gateway.records import JobRecord
 from gateway.service import JobService
@@ -78,3 +79,42 @@ def test_phases_follow_flow_runs_in_bulk_and_a_deleted_run_is_an_error(tmp_path:
     assert gone is not None and gone.phase is UWSPhase.ERROR
     assert gone.error_message == "the Prefect flow run of this job was deleted"
     assert found["job003"] is not None and found["job003"].phase is UWSPhase.QUEUED
+
+
+def test_a_crashed_run_with_retries_left_stays_executing_until_they_are_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker sends a crashed run back (label esap.crash-retries): not ERROR meanwhile.
+
+    Spent retries, or no worker sending it back within HOLD, make it ERROR (transient).
+    """
+    monkeypatch.setenv(crashes.RETRIES_VARIABLE, "1")
+
+    async def scenario() -> list[dict[str, UWSPhase | None]]:
+        store = JobStore.open(tmp_path / "gateway.db")
+        seen = []
+        async with get_client() as client:
+            runs = [await client.create_flow_run(probe) for _ in range(2)]
+            for i, run in enumerate(runs):
+                store.insert(record(f"job{i}", str(run.id)).model_copy(
+                    update={"phase": UWSPhase.EXECUTING}
+                ))  # fmt: skip
+                await client.set_flow_run_state(run.id, Running())
+                await client.set_flow_run_state(run.id, Crashed(message="no heartbeat for 90 s"))
+            await client.update_flow_run_labels(runs[1].id, {crashes.RETRIED_LABEL: "1"})
+            service = JobService(store, client, GatewaySettings(database=tmp_path / "x.db"))
+            for hold in (crashes.HOLD, timedelta(0)):  # then no worker came within HOLD
+                monkeypatch.setattr(crashes, "HOLD", hold)
+                await PhaseSync(service).once()
+                seen.append(
+                    {j: (r.phase if (r := store.get(j)) else None) for j in ("job0", "job1")}
+                )
+            spent = store.get("job1")
+        store.close()
+        assert spent is not None and spent.error_type == "transient"
+        assert spent.error_message == "no heartbeat for 90 s"
+        return seen
+
+    first, later = asyncio.run(scenario())
+    assert first == {"job0": UWSPhase.EXECUTING, "job1": UWSPhase.ERROR}
+    assert later == {"job0": UWSPhase.ERROR, "job1": UWSPhase.ERROR}

@@ -16,6 +16,8 @@ from typing import Any
 from prefect import Flow, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun, State
 
+from core.jobs import JobSpec
+
 
 def _where() -> dict[str, int]:
     return {"pid": os.getpid(), "pgid": os.getpgid(0), "sid": os.getsid(0), "ppid": os.getppid()}
@@ -46,3 +48,39 @@ def sleeper(out: str, hook: str) -> None:
 def crasher(signal_number: int) -> None:
     """End this process by a signal, as a segfault or the OOM killer would."""
     os.kill(os.getpid(), signal.Signals(signal_number))
+
+
+@flow
+def long_job(marks: str, seconds: float = 20) -> list[str]:
+    """One local-facility job through the shared pipeline; notes this process, then waits.
+
+    `marks`/flow-<pid> names each process that ran the flow; the job appends to
+    `marks`/starts each time it starts, then sleeps `seconds` and writes its result.
+    """
+    from flows.pipeline import execute, job_prefix
+    from planner.models import Resources, TaskRequest, TaskType
+
+    Path(marks, f"flow-{os.getpid()}").write_text("")
+    script = f'echo "$$" >> "{marks}/starts"; sleep {seconds:g}; echo done > result.txt'
+    request = TaskRequest(
+        tasktype=TaskType.EXECUTABLE,
+        taskinfo={"executable": "sh"},
+        resources=Resources(mincores=1, maxcores=1, minduration="1m", maxduration="10m"),
+    )
+    result = execute(
+        "crash-test",
+        request,
+        lambda _answer: [
+            JobSpec(
+                name=f"{job_prefix('crash-test')}-0",
+                executable="sh",
+                arguments=["-c", script],
+                outputs=["result.txt"],
+                walltime=600,
+            )
+        ],
+        "local",
+        None,
+    )
+    result.raise_for_failures()
+    return [a.location for a in result.archived]

@@ -41,6 +41,7 @@ from blocks.apptainer import is_sif
 from core.settings import home
 from workers import APPTAINER_TYPE, apptainer_launch
 from workers.background import every, stop
+from workers.crash_retry import CrashRetry
 
 ENGINE_COMMAND = ["python", "-m", "prefect.engine"]
 POLL_VARIABLE = "ESAP_APPTAINER_WORKER_POLL_SECONDS"
@@ -155,6 +156,7 @@ class ApptainerWorker(ProcessWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._crashes = CrashRetry(self)
         self._own: set[UUID] = set()
         self._watch: asyncio.Task[None] | None = None
 
@@ -176,10 +178,12 @@ class ApptainerWorker(ProcessWorker):
         self._watch = every(
             seconds, self._cancel_orphans, self._logger, "looking for earlier workers' runs"
         )
+        self._crashes.start()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await stop(self._watch)
+        await self._crashes.stop()
         await super().__aexit__(*exc_info)
 
     async def _cancel_orphans(self) -> None:

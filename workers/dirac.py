@@ -35,6 +35,7 @@ from core.jobs import JobRef, JobStatus
 from core.states import JobState
 from workers import DIRAC_TYPE
 from workers.background import stop
+from workers.crash_retry import CrashRetry
 from workers.dirac_job import DiracJobConfiguration, DiracVariables
 
 POLL_SECONDS = float(os.environ.get("ESAP_DIRAC_WORKER_POLL_SECONDS", "5"))
@@ -95,6 +96,7 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._crashes = CrashRetry(self)
         self._jobs: dict[str, _Job] = {}
         self._queue: list[_Submission] = []
         self._flush: asyncio.Task[None] | None = None
@@ -116,10 +118,12 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
             await super().__aexit__(None, None, None)
             raise SystemExit(1) from None
         self._loop_task = asyncio.create_task(self._follow_loop())
+        self._crashes.start()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await stop(self._loop_task)
+        await self._crashes.stop()
         await super().__aexit__(*exc_info)
 
     def _pool_facility(self) -> str:

@@ -26,6 +26,7 @@ from prefect_kubernetes.worker import KubernetesWorker
 from core.errors import FatalError
 from workers import KUBERNETES_TYPE
 from workers.background import every, stop
+from workers.crash_retry import CrashRetry
 
 CANCEL_POLL_SECONDS = 5.0
 GRACE_VARIABLE = "ESAP_PREFECT_KUBERNETES_CANCEL_GRACE"
@@ -58,6 +59,7 @@ class EsapKubernetesWorker(KubernetesWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._crashes = CrashRetry(self)
         self._watch: asyncio.Task[None] | None = None
         self._grace = engine_grace()
 
@@ -66,10 +68,12 @@ class EsapKubernetesWorker(KubernetesWorker):  # type: ignore[misc]
         self._watch = every(
             CANCEL_POLL_SECONDS, self.end_cancelling_runs, self._logger, "ending cancelled runs"
         )
+        self._crashes.start()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await stop(self._watch)
+        await self._crashes.stop()
         await super().__aexit__(*exc_info)
 
     async def end_cancelling_runs(self) -> int:

@@ -29,6 +29,7 @@ from prefect.workers.process import (
 )
 
 from workers import WARM_TYPE, warm_client
+from workers.crash_retry import CrashRetry
 
 READY_SECONDS = 120
 
@@ -59,6 +60,7 @@ class WarmWorker(ProcessWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._crashes = CrashRetry(self)
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self._socket: Path | None = None
@@ -66,10 +68,12 @@ class WarmWorker(ProcessWorker):
     async def __aenter__(self) -> WarmWorker:
         await super().__aenter__()
         await asyncio.to_thread(self._start_server)
+        self._crashes.start()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         try:
+            await self._crashes.stop()
             await super().__aexit__(*exc_info)
         finally:
             self._stop_server()

@@ -1,0 +1,62 @@
+"""Crashed flow runs: how often runs beat, how long a silence means a crash, how many retries.
+
+Bootstrap's automation, the workers' retry loop and the gateway read the same values here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from core.errors import FatalError
+
+HEARTBEAT_SECONDS = 30  # Prefect's shortest heartbeat interval
+HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+SILENCE_VARIABLE = "ESAP_PREFECT_CRASH_AFTER"
+RETRIES_VARIABLE = "ESAP_PREFECT_CRASH_RETRIES"
+RETRIED_LABEL = "esap.crash-retries"
+"""Flow-run label: how many times a worker has sent this run back after a crash."""
+HOLD = timedelta(minutes=5)
+"""How long the gateway waits for a worker to send a crashed run back before calling it ERROR."""
+
+
+def _number(variable: str, default: str, low: float, high: float, what: str) -> float:
+    text = os.environ.get(variable, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    whole = what.startswith("a whole")
+    if not low <= value <= high or (whole and not value.is_integer()):  # also NaN
+        raise FatalError(f"{variable}={text!r}: give {what} from {low:g} to {high:g}")
+    return value
+
+
+def silence() -> timedelta:
+    """How long a running flow run may send no heartbeat before it is marked Crashed.
+
+    90 s, or $ESAP_PREFECT_CRASH_AFTER (45 to 86400: more than one 30 s heartbeat apart).
+    """
+    return timedelta(seconds=_number(SILENCE_VARIABLE, "90", 45, 86400, "seconds"))
+
+
+def retries() -> int:
+    """How many times a crashed run is sent back to its pool: 2, or $ESAP_PREFECT_CRASH_RETRIES."""
+    return int(_number(RETRIES_VARIABLE, "2", 0, 10, "a whole number"))
+
+
+def retried(labels: Mapping[str, object]) -> int:
+    """How many times a run was sent back after a crash, from its labels (0 for junk)."""
+    text = str(labels.get(RETRIED_LABEL, "0"))
+    return int(text) if text.isdigit() else 0
+
+
+def will_be_retried(
+    labels: Mapping[str, object], crashed_at: datetime | None, moment: datetime | None = None
+) -> bool:
+    """True while a crashed run still has retries and a worker may yet send it back."""
+    moment = moment or datetime.now(UTC)
+    recent = crashed_at is None or moment - crashed_at < HOLD
+    return recent and retried(labels) < retries()

@@ -1,0 +1,281 @@
+"""Crashed flow runs come back: a killed flow process, a worker killed for good, a production
+killed while its DIRAC jobs wait. Real workers (`esap-prefect worker`), real kills.
+
+Each retried run keeps its id, so its jobs keep their names: it finds them, never doubles them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+import psutil
+import pytest
+from diracx.client.sync import SyncDiracClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
+from prefect.deployments.runner import RunnerDeployment
+from prefect.types.entrypoint import EntrypointType
+
+from blocks import DiracFacility
+from core import crashes
+from core.backoff import wait_until
+from deployments import crash_detection
+from flows.cta_mc_production import cta_mc_production
+from tasks.archive import ARCHIVED
+from tests import warm_flows
+from tests.gridsim import GridSimulator
+from tests.test_flows import artifacts_of
+from workers.warm import WarmWorker
+
+pytestmark = pytest.mark.slow
+POOL = "crash-test"
+CLI = str(Path(sys.executable).parent / "esap-prefect")
+SILENCE = "50"  # seconds without a heartbeat (they come every 30 s) before a run is Crashed
+PRODUCTION_RUNS = int(os.environ.get("ESAP_TEST_CRASH_RUNS", "20"))  # 200 by hand: README
+
+
+@dataclass
+class Workers:
+    logs: dict[str, Path]
+    processes: dict[str, subprocess.Popen[bytes]]
+
+    def took(self, run_id: UUID) -> str:
+        """The worker that submitted the run (its log names it)."""
+        return wait_until(
+            lambda: next((n for n, log in self.logs.items() if str(run_id) in log.read_text()), ""),
+            bool,
+            60,
+        )
+
+
+@pytest.fixture(scope="module")
+def workers(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """Two `warm` workers on a pool of ESAP-tagged test flows, and the crash automation."""
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=POOL,
+                type=WarmWorker.type,
+                base_job_template=WarmWorker.get_default_base_job_template(),
+            ),
+            overwrite=True,
+        )
+    for fn in (warm_flows.long_job, cta_mc_production):
+        deployment = cast(
+            RunnerDeployment,
+            fn.to_deployment(
+                name="crash",
+                work_pool_name=POOL,
+                tags=["esap"],
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            ),
+        )
+        deployment.apply()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(crashes.SILENCE_VARIABLE, SILENCE)
+        crash_detection.ensure_crash_detection()
+    folder = tmp_path_factory.mktemp("crash-workers")
+    made = Workers({}, {})
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    for name in ("host-a", "host-b"):
+        made.logs[name] = folder / f"{name}.log"
+        with made.logs[name].open("wb") as out:
+            made.processes[name] = subprocess.Popen(
+                [CLI, "worker", "--pool", POOL, "--name", name, "--limit", "4"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+    try:
+        for log in made.logs.values():
+            wait_until(log.read_text, lambda text: "started!" in text, 120)
+        yield made
+    finally:
+        for process in made.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(60)
+        with get_client(sync_client=True) as client:
+            for found in client.read_automations_by_name(crash_detection.NAME):
+                client.delete_automation(found.id)
+
+
+def _run(name: str, **parameters: Any) -> FlowRun:
+    return cast(
+        FlowRun,
+        run_deployment(f"{name}/crash", parameters=parameters, timeout=0, as_subflow=False),
+    )
+
+
+def _settled(run_id: UUID, timeout: float) -> FlowRun:
+    """The run once it is final for good: completed, failed, or crashed with no retry left."""
+    with get_client(sync_client=True) as client:
+        return wait_until(
+            lambda: client.read_flow_run(run_id),
+            lambda r: (
+                r.state is not None
+                and r.state.is_final()
+                and not (
+                    r.state.type is StateType.CRASHED and crashes.will_be_retried(r.labels, None)
+                )
+            ),
+            timeout,
+        )
+
+
+def _history(run_id: UUID) -> list[str]:
+    with get_client(sync_client=True) as client:
+        return [f"{s.name}: {s.message or ''}" for s in client.read_flow_run_states(run_id)]
+
+
+def _starts(marks: Path) -> list[int]:
+    """The pid of each start of the job (it notes one line a start)."""
+    path = marks / "starts"
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _flow_pids(marks: Path) -> list[int]:
+    return sorted(int(p.name.removeprefix("flow-")) for p in marks.glob("flow-*"))
+
+
+def test_a_killed_flow_process_is_retried_and_takes_its_running_job_over(
+    workers: Workers, tmp_path: Path
+) -> None:
+    run = _run("long-job", marks=str(tmp_path), seconds=12)
+    wait_until(lambda: _starts(tmp_path), bool, 120)
+    [pid] = _flow_pids(tmp_path)
+    os.kill(pid, signal.SIGKILL)  # the OOM killer, say; its worker lives on
+    killed = time.monotonic()
+    done = _settled(run.id, 180)
+    assert done.state_type is StateType.COMPLETED, _history(run.id)
+    history = _history(run.id)
+    assert any("sent back after a crash, retry 1 of 2" in line for line in history), history
+    assert done.labels[crashes.RETRIED_LABEL] == "1" and done.run_count == 2
+    assert len(_flow_pids(tmp_path)) == 2, "a second flow process ran the run"
+    assert len(_starts(tmp_path)) == 1, "the job was taken over, once"
+    [row] = _archived(run.id)
+    assert Path(str(row["location"]).removeprefix("file://")).read_text() == "done\n"
+    print(f"\nflow process killed; run completed {time.monotonic() - killed:.1f} s later")
+
+
+def test_a_worker_killed_for_good_has_its_run_finished_by_the_other(
+    workers: Workers, tmp_path: Path
+) -> None:
+    run = _run("long-job", marks=str(tmp_path), seconds=5)
+    wait_until(lambda: _starts(tmp_path), bool, 120)
+    owner = workers.took(run.id)
+    [pid] = _flow_pids(tmp_path)
+    [job] = _starts(tmp_path)
+    worker = psutil.Process(workers.processes[owner].pid)
+    # the host's Prefect processes die (worker, warm parent, flow); the job lives on, as a
+    # batch system's would, and ends while nobody watches
+    payload = psutil.Process(job)
+    wrapper = next(p for p in payload.parents() if p.ppid() == pid)  # writes its exit code
+    spared = {wrapper.pid, *(c.pid for c in wrapper.children(recursive=True))}
+    doomed = [worker, *worker.children(recursive=True)]
+    doomed += [psutil.Process(pid)] if psutil.pid_exists(pid) else []
+    for process in {p.pid: p for p in doomed if p.pid not in spared}.values():
+        _kill(process)
+    killed = time.monotonic()
+    done = _settled(run.id, 300)
+    assert done.state_type is StateType.COMPLETED, _history(run.id)
+    history = _history(run.id)
+    crashed = next(line for line in history if line.startswith("Crashed"))
+    assert f"no heartbeat for {SILENCE} s" in crashed, history
+    survivor = next(n for n in workers.logs if n != owner)
+    assert str(run.id) in workers.logs[survivor].read_text(), "the other worker ran it"
+    assert len(_starts(tmp_path)) == 1, "the ended job was found"
+    print(f"\nworker {owner} killed; run completed on {survivor} "
+          f"{time.monotonic() - killed:.1f} s later")  # fmt: skip
+
+
+def _kill(process: psutil.Process) -> None:
+    """SIGKILL, whether or not it is still there."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.kill()
+
+
+def _archived(run_id: UUID) -> list[dict[str, Any]]:
+    """The rows of the run's archived-outputs table artifact."""
+    data = next(v for k, v in artifacts_of(str(run_id)).items() if k.endswith(ARCHIVED))
+    return cast(list[dict[str, Any]], json.loads(data) if isinstance(data, str) else data)
+
+
+def _dirac_jobs(sim: GridSimulator, prefix: str) -> list[dict[str, Any]]:
+    with SyncDiracClient(diracx_preferences=sim.owner_prefs) as client:
+        found = client.jobs.search(parameters=["JobID", "JobName", "Status"], per_page=10000)
+    return [j for j in found if str(j["JobName"]).startswith(prefix)]
+
+
+def test_a_production_killed_while_its_dirac_jobs_wait_finds_them_again(
+    workers: Workers, grid: tuple[DiracFacility, GridSimulator], tmp_path: Path
+) -> None:
+    facility, sim = grid
+    facility.save("crash-grid", overwrite=True)
+    run = _run(
+        "cta-mc-production",
+        runs=PRODUCTION_RUNS,
+        first_run=500,
+        showers_per_run=2,
+        facility="crash-grid",
+    )
+    prefix = f"cta-mc-{str(run.id)[:8]}-"
+    wait_until(lambda: len(_dirac_jobs(sim, prefix)), lambda n: n == PRODUCTION_RUNS, 300)
+    owner = workers.took(run.id)
+    flows = [
+        p
+        for p in psutil.process_iter(["environ"])
+        if (p.info["environ"] or {}).get("PREFECT__FLOW_RUN_ID") == str(run.id)
+    ]
+    assert flows, f"no flow process of {run.id} on {owner}"
+    for process in flows:
+        _kill(process)
+    killed = time.monotonic()
+    with get_client(sync_client=True) as client:
+        wait_until(
+            lambda: client.read_flow_run(run.id),
+            lambda r: r.run_count == 2 and r.state_type is StateType.RUNNING,
+            120,
+        )
+    back = time.monotonic() - killed
+    stop = threading.Event()
+
+    def pilots() -> None:  # the grid starts only now: every job waited through the crash
+        while not stop.is_set():
+            sim.run_once()
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=pilots, daemon=True)
+    thread.start()
+    try:
+        done = _settled(run.id, 600)
+    finally:
+        stop.set()
+        thread.join()
+    assert done.state_type is StateType.COMPLETED, _history(run.id)
+    jobs = _dirac_jobs(sim, prefix)
+    assert len(jobs) == PRODUCTION_RUNS, "every job was found again, none submitted twice"
+    assert {j["Status"] for j in jobs} == {"Done"}
+    summary = str(artifacts_of(str(run.id))["cta-mc-summary"])
+    assert f"| simulated now | {PRODUCTION_RUNS} |" in summary and "| failed | 0 |" in summary
+    names = [str(row["name"]) for row in _archived(run.id)]
+    assert len(names) == len(set(names)), "each file archived once"
+    runs = {f"run{r:06d}" for r in range(500, 500 + PRODUCTION_RUNS)}
+    assert {n.split("/")[0] for n in names} == runs
+    print(f"\n{PRODUCTION_RUNS}-run production: flow killed, running again {back:.1f} s later, "
+          f"completed {time.monotonic() - killed:.1f} s after the kill")  # fmt: skip

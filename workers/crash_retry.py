@@ -1,0 +1,108 @@
+"""Every ESAP worker sends its pool's crashed flow runs back, a bounded number of times.
+
+A retried run keeps its id, so its payload jobs keep their names and are found, not doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterEndTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.states import AwaitingRetry
+from prefect.workers.base import BaseWorker
+
+from core import crashes
+from workers.background import every, stop
+
+SECONDS = 5.0
+BATCH = 50
+
+
+async def send_back(
+    client: PrefectClient,
+    pool: str,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    moment: datetime | None = None,
+) -> list[FlowRun]:
+    """One pass: the pool's ESAP runs that crashed lately and have retries left, rescheduled.
+
+    The retry count lives in a flow-run label, written before the state: two workers sending
+    the same run back count one retry, and the run is scheduled once.
+    """
+    moment = moment or datetime.now(UTC)
+    limit = crashes.retries()
+    if not limit:
+        return []
+    runs = await client.read_flow_runs(
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED])),
+            tags=FlowRunFilterTags(all_=["esap"]),
+            end_time=FlowRunFilterEndTime(after_=moment - crashes.HOLD),
+        ),
+        sort=FlowRunSort.END_TIME_DESC,
+        limit=BATCH,
+    )
+    sent = []
+    for run in runs:
+        done = crashes.retried(run.labels)
+        if done >= limit:
+            continue
+        why = run.state.message if run.state is not None and run.state.message else "crashed"
+        await client.update_flow_run_labels(run.id, {crashes.RETRIED_LABEL: str(done + 1)})
+        await client.set_flow_run_state(
+            run.id,
+            AwaitingRetry(
+                scheduled_time=moment,
+                message=f"sent back after a crash, retry {done + 1} of {limit} ({why})",
+            ),
+            force=True,
+        )
+        logger.warning(
+            "flow run %s (%s) crashed: sent back to pool %s, retry %d of %d (%s)",
+            run.id,
+            run.name,
+            pool,
+            done + 1,
+            limit,
+            why,
+        )
+        sent.append(run)
+    return sent
+
+
+class CrashRetry:
+    """The loop of `send_back` beside a worker's own, started and stopped with the worker."""
+
+    def __init__(self, worker: BaseWorker[Any, Any, Any]) -> None:
+        self.worker = worker
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Check every few seconds until stopped; the worker's client and pool are used."""
+        crashes.retries()  # a bad setting stops the worker at start, in one line
+        worker = self.worker
+
+        async def cycle() -> None:
+            await send_back(worker.client, worker._work_pool_name, worker._logger)
+
+        self._task = every(SECONDS, cycle, worker._logger, "sending crashed flow runs back")
+
+    async def stop(self) -> None:
+        """End the loop."""
+        await stop(self._task)
+        self._task = None
