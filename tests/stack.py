@@ -19,11 +19,13 @@ from typing import Any
 
 import httpx
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from pyvo.io.uws import parse_job
 
 from deployments.processes import free_port
+from tests import leaks
 from tests.servers.vo import VoService
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
@@ -36,7 +38,10 @@ class Gateway:
     def __init__(self, url: str, token: str, home: Path, process: subprocess.Popen[str]) -> None:
         self.url, self.token, self.home, self.process = url, token, home, process
         self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
+            base_url=url,
+            headers={"Authorization": f"Bearer {leaks.secret(token)}"},
+            timeout=120,
+            event_hooks={"response": [leaks.keep_answer]},
         )
 
     @property
@@ -78,6 +83,12 @@ class Issuer:
         keys = {"keys": [{**jwk, "kid": "test-key", "use": "sig", "alg": "RS256"}]}
         self.jwks_url = vo.file("oidc/jwks.json", json.dumps(keys).encode())
         self.issuer = "https://iam.escape.test/"
+        pem = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        leaks.secret(pem.decode().splitlines()[1])  # a line of the key, as a leak would show it
 
     def token(
         self, subject: str, lifetime: float = 300, kid: str = "test-key", **claims: Any
@@ -85,7 +96,7 @@ class Issuer:
         now = int(time.time())
         body = {"iss": self.issuer, "sub": subject, "aud": "esap", "iat": now}
         body |= {"exp": now + int(lifetime), **claims}
-        return jwt.encode(body, self.key, algorithm="RS256", headers={"kid": kid})
+        return leaks.secret(jwt.encode(body, self.key, algorithm="RS256", headers={"kid": kid}))
 
     def owner(self, subject: str) -> str:
         """The owner name the gateway gives this issuer's subject."""
@@ -127,7 +138,9 @@ def running_stack(home: Path, issuer: Issuer, **settings: str) -> Iterator[Gatew
         token = subprocess.run(
             [CLI, "token"], capture_output=True, text=True, env=env, check=True
         ).stdout.strip()
-        yield Gateway(f"http://127.0.0.1:{gateway_port}", token, home, up)
+        gateway = Gateway(f"http://127.0.0.1:{gateway_port}", token, home, up)
+        leaks.APIS.add(gateway.api)
+        yield gateway
     finally:
         up.send_signal(signal.SIGTERM)
         up.communicate(timeout=120)

@@ -32,6 +32,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from core.backoff import wait_until
 from deployments.processes import free_port, wait_http_ok
 from gateway.database_postgres import LEADER_KEY
+from tests import leaks
 from tests.helpers import CLI
 from tests.servers.postgres import PostgresServer
 
@@ -75,6 +76,7 @@ class Production:
             base_url=self.gateways[gateway],
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=60,
+            event_hooks={"response": [leaks.keep_answer]},
         )
 
     def stop(self) -> None:
@@ -134,7 +136,7 @@ def production(
             if not i:
                 token.parent.mkdir(exist_ok=True)
                 shutil.copy(home / "token", token)
-        made.token = token.read_text().strip()
+        made.token = leaks.secret(token.read_text().strip())
         for i in range(2):
             made.start(
                 f"worker-{i}",

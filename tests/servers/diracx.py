@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployments.processes import free_port, spawn, stop_group, wait_http_ok
+from tests import leaks
 from tests.servers.venvs import server_venv
 
 VO = "cta"
@@ -219,4 +220,4 @@ class DiracXServer:
         from diracx.core.utils import write_credentials
 
         write_credentials(TokenResponse.model_validate(self.token(username, group)), location=path)
-        return path
+        return leaks.credentials_file(path)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psycopg
 
+from tests import leaks
+
 
 def binaries() -> Path:
     """The newest installed PostgreSQL's bin folder (`apt-get install postgresql`)."""
@@ -39,7 +41,7 @@ class PostgresServer:
     def __init__(self, root: Path, user: str = "esap", database: str = "esap") -> None:
         self.root, self.user, self.database = root, user, database
         self.data, self.log = root / "data", root / "postgres.log"
-        self.password = "pg-" + secrets.token_hex(12)
+        self.password = leaks.secret("pg-" + secrets.token_hex(12))
         self.port = free_port()
         self._as_postgres = os.geteuid() == 0
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployments.processes import free_port, spawn, stop_group, wait_http_ok
+from tests import leaks
 from tests.servers.venvs import server_venv
 
 ALEMBIC = """\
@@ -94,7 +95,7 @@ class RucioServer:
     root: Path
     port: int = field(default_factory=free_port)
     user: str = "esap"
-    password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    password: str = field(default_factory=lambda: leaks.secret(secrets.token_urlsafe(16)))
     _process: subprocess.Popen[bytes] | None = None
 
     @property
