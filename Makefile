@@ -25,7 +25,7 @@ up: $(STAMP)
 	$(BIN)/esap-prefect up
 
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"

@@ -37,7 +37,7 @@ from tests.helpers import CLI
 from tests.servers.postgres import PostgresServer
 
 pytestmark = pytest.mark.slow
-JOBS = int(os.environ.get("ESAP_TEST_PRODUCTION_JOBS", "60"))  # 300 by hand: README
+JOBS = int(os.environ.get("ESAP_TEST_PRODUCTION_JOBS", "40"))  # 300 by hand: README
 OUTAGE = 5.0  # seconds PostgreSQL stays down in the restart test
 PUBLIC = "https://esap-gateway.example.org"  # the proxy in front of both gateways
 
@@ -322,7 +322,7 @@ def test_a_database_restart_under_load_loses_nothing(
         raise AssertionError(f"no job created within 120 s; answers {dict(seen)}")
 
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(create, i) for i in range(24)]
+        futures = [pool.submit(create, i) for i in range(16)]
         time.sleep(3)
         restarted = time.monotonic()
         postgres.stop()  # fast: sessions ended, as an operator's restart does
