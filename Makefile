@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 
-.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-pool-start bench-dirac-pool bench-containers bench-cli bench-concordia bench-kubernetes lock
+.PHONY: install demo up test test-fast lint bench bench-dirac bench-staging bench-gateway bench-pools bench-pool-start bench-dirac-pool bench-containers bench-cli bench-concordia bench-kubernetes bench-outages bench-scale lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,12 @@ bench-cli: $(STAMP)
 
 bench-kubernetes: $(STAMP)
 	$(BIN)/python bench/kubernetes.py
+
+bench-outages: $(STAMP)
+	$(BIN)/python bench/outages.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

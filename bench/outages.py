@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,15 +38,13 @@ import psutil  # noqa: E402
 from diracx.client.sync import SyncDiracClient  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.objects import FlowRun  # noqa: E402
-from prefect.deployments import run_deployment  # noqa: E402
-from prefect.deployments.runner import RunnerDeployment  # noqa: E402
-from prefect.types.entrypoint import EntrypointType  # noqa: E402
 
 from blocks import DiracFacility  # noqa: E402
 from core.backoff import wait_until  # noqa: E402
 from flows.cta_mc_production import cta_mc_production  # noqa: E402
 from tests import warm_flows  # noqa: E402
 from tests.gridsim import GridSimulator  # noqa: E402
+from tests.helpers import deploy_flows, run_deployed  # noqa: E402
 from tests.servers.diracx import ADMIN_GROUP, DiracXServer  # noqa: E402
 from tests.stack import CLI  # noqa: E402
 
@@ -94,25 +92,8 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _deploy() -> None:
-    for fn in (warm_flows.long_job, cta_mc_production):
-        deployment = cast(
-            RunnerDeployment,
-            fn.to_deployment(
-                name="outage",
-                work_pool_name="local",
-                tags=["esap"],
-                entrypoint_type=EntrypointType.MODULE_PATH,
-            ),
-        )
-        deployment.apply()
-
-
 def _run(name: str, **parameters: Any) -> FlowRun:
-    return cast(
-        FlowRun,
-        run_deployment(f"{name}/outage", parameters=parameters, timeout=0, as_subflow=False),
-    )
+    return run_deployed(name, "outage", **parameters)
 
 
 def _final(run: FlowRun, timeout: float) -> FlowRun:
@@ -225,7 +206,7 @@ def main() -> None:
     server = _server()
     worker = gateway = None
     try:
-        _deploy()
+        deploy_flows("local", [warm_flows.long_job, cta_mc_production], "outage", tags=["esap"])
         worker = _spawn("worker", "worker", "--pool", "local", "--name", "bench")
         wait_until(lambda: _log("worker"), lambda text: "started!" in text, 120)
         gateway = _spawn("gateway", "gateway", "--port", str(GATEWAY_PORT))

@@ -2,7 +2,8 @@
 gateways on each, and a 10,000-job wait on the grid simulator.
 
 1. Hello World flow runs completed per minute: `esap-prefect server` on SQLite, then on a
-   real PostgreSQL, with 1, 2 and 4 `local` workers (own homes), BENCH_SCALE_RUNS runs each.
+   real PostgreSQL, with 1, 2 and 4 `local` workers (own homes, `--limit 8` each), BENCH_SCALE_RUNS
+   runs each.
 2. UWS create+RUN requests per second and their p99: one gateway on SQLite against two on
    PostgreSQL (requests alternate between them), 8 clients, BENCH_SCALE_REQUESTS requests.
 3. A CTA-sized job array of BENCH_SCALE_JOBS jobs submitted and watched to Done on a real
@@ -55,8 +56,8 @@ from tests.servers.diracx import ADMIN_GROUP, DiracXServer  # noqa: E402
 from tests.servers.postgres import PostgresServer  # noqa: E402
 from tests.stack import CLI  # noqa: E402
 
-RUNS = int(os.environ.get("BENCH_SCALE_RUNS", "60"))
-REQUESTS = int(os.environ.get("BENCH_SCALE_REQUESTS", "200"))
+RUNS = int(os.environ.get("BENCH_SCALE_RUNS", "40"))
+REQUESTS = int(os.environ.get("BENCH_SCALE_REQUESTS", "100"))
 JOBS = int(os.environ.get("BENCH_SCALE_JOBS", "10000"))
 WORKERS = (1, 2, 4)
 
@@ -111,7 +112,8 @@ def throughput(part: Part, workers: int, first: int) -> float:
     """Flow runs completed per minute with `workers` workers (started for this measure)."""
     for i in range(first, workers):
         name = f"worker-{i}"
-        part.start(name, ["worker", "--pool", "local", "--name", name], part.env(name), "started!")
+        args = ["worker", "--pool", "local", "--name", name, "--limit", "8"]
+        part.start(name, args, part.env(name), "started!")
     with temporary_settings({PREFECT_API_URL: part.api}), get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("hello-world/local")
         started = time.monotonic()
@@ -130,29 +132,34 @@ def throughput(part: Part, workers: int, first: int) -> float:
     return RUNS / ((time.monotonic() - started) / 60)
 
 
-def gateway_requests(urls: list[str], token: str) -> tuple[float, float]:
-    """Create+RUN requests per second and the p99 latency (s), spread over `urls`."""
+def gateway_requests(urls: list[str], token: str) -> tuple[float, float, int]:
+    """Create+RUN requests per second, the p99 latency (s) and how many failed (not 303)."""
     latencies: list[float] = []
+    failed = [0]
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        with httpx.Client(base_url=urls[i % len(urls)], timeout=120) as http:
+        with httpx.Client(base_url=urls[i % len(urls)], timeout=600) as http:
             begun = time.perf_counter()
-            answer = http.post(
-                "/uws/jobs",
-                data={"workflow": "hello-world", "PHASE": "RUN"},
-                headers={"Authorization": f"Bearer {token}"},
-            )
+            try:
+                answer = http.post(
+                    "/uws/jobs",
+                    data={"workflow": "hello-world", "PHASE": "RUN"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                ok = answer.status_code == 303
+            except httpx.TransportError:
+                ok = False
             took = time.perf_counter() - begun
-        assert answer.status_code == 303, answer.text
         with lock:
             latencies.append(took)
+            failed[0] += not ok
 
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(REQUESTS)))
     wall = time.perf_counter() - started
-    return REQUESTS / wall, statistics.quantiles(latencies, n=100)[98]
+    return REQUESTS / wall, statistics.quantiles(latencies, n=100)[98], failed[0]
 
 
 def _answers(url: str) -> bool:
@@ -189,8 +196,9 @@ def database_part(label: str, database: str | None) -> dict[str, Any]:
             print(f"  {label}: {workers} worker(s): {figures[f'{workers} worker(s)']:.1f} runs/min")
         urls, token = gateways(part, 2 if database else 1)
         figures["gateway"] = gateway_requests(urls, token)
-        print(f"  {label}: {len(urls)} gateway(s): {figures['gateway'][0]:.1f} req/s, "
-              f"p99 {figures['gateway'][1]:.2f} s")  # fmt: skip
+        rate, p99, failed = figures["gateway"]
+        print(f"  {label}: {len(urls)} gateway(s): {rate:.1f} req/s, p99 {p99:.2f} s, "
+              f"{failed} failed")  # fmt: skip
     finally:
         part.stop()
     return figures
@@ -275,6 +283,7 @@ def main() -> None:
     print(f"| gateway create+RUN req/s (1 on SQLite; 2 on PostgreSQL) | {sqlite['gateway'][0]:.1f} "
           f"| {pg['gateway'][0]:.1f} |")  # fmt: skip
     print(f"| gateway p99 s | {sqlite['gateway'][1]:.2f} | {pg['gateway'][1]:.2f} |")
+    print(f"| gateway requests failed | {sqlite['gateway'][2]} | {pg['gateway'][2]} |")
     print(
         f"{JOBS} jobs: {done} Done; peak RSS of the flow process {peak:.0f} MB (target < 1024); "
         f"{len(STARTS)} poll cycles; Prefect API calls per cycle: min {min(per_cycle, default=0)}, "

@@ -13,9 +13,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 from uuid import UUID
 
+from prefect import Flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
@@ -23,6 +26,10 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.deployments import run_deployment
+from prefect.deployments.runner import RunnerDeployment
+from prefect.exceptions import ObjectNotFound
+from prefect.types.entrypoint import EntrypointType
 
 from blocks import DiracFacility, FacilityBlock, JobRef, JobStatus
 from core.backoff import wait_until
@@ -157,3 +164,41 @@ def latest_artifact(key: str) -> str:
             sort=ArtifactSort.CREATED_DESC,
         )
     return str(artifact.data)
+
+
+def deploy_flows(
+    pool: str, flows: Sequence[Flow[..., Any]], name: str, tags: Sequence[str] = ()
+) -> None:
+    """Deploy `flows` as `<flow>/<name>` on `pool`, made a fresh `warm` pool unless it exists."""
+    from workers.warm import WarmWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool,
+                    type=WarmWorker.type,
+                    base_job_template=WarmWorker.get_default_base_job_template(),
+                )
+            )
+    for fn in flows:
+        deployment = cast(
+            RunnerDeployment,
+            fn.to_deployment(
+                name=name,
+                work_pool_name=pool,
+                tags=list(tags),
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            ),
+        )
+        deployment.apply()
+
+
+def run_deployed(flow_name: str, name: str, **parameters: Any) -> FlowRun:
+    """A flow run of deployment `<flow_name>/<name>`, created and not waited for."""
+    return cast(
+        FlowRun,
+        run_deployment(f"{flow_name}/{name}", parameters=parameters, timeout=0, as_subflow=False),
+    )

@@ -15,22 +15,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.deployments import run_deployment
-from prefect.deployments.runner import RunnerDeployment
 from prefect.states import Cancelling
-from prefect.types.entrypoint import EntrypointType
 
 from core.backoff import wait_until
 from tests import warm_flows
-from tests.helpers import alive, final_run
-from workers.warm import WarmWorker
+from tests.helpers import alive, deploy_flows, final_run, run_deployed
 
 POOL = "warm-test"
 CLI = str(Path(sys.executable).parent / "esap-prefect")
@@ -39,23 +34,7 @@ CLI = str(Path(sys.executable).parent / "esap-prefect")
 @pytest.fixture(scope="module")
 def warm_worker(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A `warm` worker on its own pool with the test flows deployed; the worker's pid."""
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=POOL,
-                type=WarmWorker.type,
-                base_job_template=WarmWorker.get_default_base_job_template(),
-            ),
-            overwrite=True,
-        )
-    for fn in (warm_flows.report, warm_flows.sleeper, warm_flows.crasher):
-        deployment = cast(
-            RunnerDeployment,
-            fn.to_deployment(
-                name="warm", work_pool_name=POOL, entrypoint_type=EntrypointType.MODULE_PATH
-            ),
-        )
-        deployment.apply()
+    deploy_flows(POOL, [warm_flows.report, warm_flows.sleeper, warm_flows.crasher], "warm")
     log = tmp_path_factory.mktemp("warm-worker") / "worker.log"
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1"}
     with log.open("wb") as out:
@@ -77,10 +56,7 @@ def warm_worker(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _run(name: str, **parameters: Any) -> FlowRun:
-    return cast(
-        FlowRun,
-        run_deployment(f"{name}/warm", parameters=parameters, timeout=0, as_subflow=False),
-    )
+    return run_deployed(name, "warm", **parameters)
 
 
 def test_twenty_runs_at_once_each_fork_their_own_session(

@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import AwaitingRetry
 from prefect.workers.base import BaseWorker
@@ -40,8 +41,9 @@ async def send_back(
 ) -> list[FlowRun]:
     """One pass: the pool's ESAP runs that crashed lately and have retries left, rescheduled.
 
-    The retry count lives in a flow-run label, written before the state: two workers sending
-    the same run back count one retry, and the run is scheduled once.
+    The retry count lives in a flow-run label, written before the state, and the run is read
+    again just before: two workers sending the same run back count one retry, and the second
+    finds it no longer Crashed. Prefect's rules decide the transition (nothing is forced).
     """
     moment = moment or datetime.now(UTC)
     limit = crashes.retries()
@@ -64,14 +66,18 @@ async def send_back(
             continue
         why = run.state.message if run.state is not None and run.state.message else "crashed"
         await client.update_flow_run_labels(run.id, {crashes.RETRIED_LABEL: str(done + 1)})
-        await client.set_flow_run_state(
+        if (await client.read_flow_run(run.id)).state_type is not StateType.CRASHED:
+            continue  # another worker sent it back first
+        answer: OrchestrationResult[Any] = await client.set_flow_run_state(
             run.id,
             AwaitingRetry(
                 scheduled_time=moment,
                 message=f"sent back after a crash, retry {done + 1} of {limit} ({why})",
             ),
-            force=True,
         )
+        if answer.status is not SetStateStatus.ACCEPT:
+            logger.warning("flow run %s could not be sent back: %s", run.id, answer.details)
+            continue
         logger.warning(
             "flow run %s (%s) crashed: sent back to pool %s, retry %d of %d (%s)",
             run.id,
