@@ -387,3 +387,16 @@ def test_a_name_cannot_be_reused_across_flows_by_accident(
     assert job_prefix("x").startswith("x-")
     first = facility.submit([echo_spec("reuse-0")])
     assert facility.submit([echo_spec("reuse-0")]) == first
+
+
+def test_searches_that_fill_whole_pages_end_at_diracx_416(
+    grid: tuple[DiracFacility, GridSimulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10,000 jobs (a page exactly) once failed: the empty page after it is answered 416."""
+    facility, _ = grid
+    monkeypatch.setattr("blocks.dirac.facility.MAX_PER_PAGE", 2)
+    specs = [echo_spec(f"pages-{i}") for i in range(4)]
+    refs = facility.submit(specs)
+    assert [s.state for s in facility.poll(refs)] == [JobState.PENDING] * 4
+    assert facility.find_jobs([s.name for s in specs]) == {r.name: r.job_id for r in refs}
+    assert facility.submit(specs) == refs, "looked up across both full pages: none again"

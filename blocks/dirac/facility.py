@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+from azure.core.exceptions import HttpResponseError
 from diracx.api.jobs import create_sandbox, download_sandbox
 from diracx.client.aio import AsyncDiracClient
 from diracx.client.models import BodyJobsRescheduleJobs, JobStatusUpdate
@@ -65,6 +66,7 @@ exec "$command" exec --containall --bind "$PWD" --pwd "$PWD" "$image" "$@"
 node (a clean environment: the job's variables go in as APPTAINERENV_*)."""
 MAX_PER_CALL = 20
 MAX_PER_PAGE = 10000
+RANGE_NOT_SATISFIABLE = 416
 SANDBOX_LOGS = ("std.out", "std.err")
 STATUS_FIELDS = ["JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus"]
 
@@ -243,21 +245,9 @@ class DiracFacility(FacilityBlock):
         """Job ids of jobs already submitted under these names (look before submitting)."""
         wanted = sorted(set(names))
         found: dict[str, str] = {}
-        page = 1
-        while wanted:
-            rows = client.jobs.search(
-                parameters=["JobID", "JobName"],
-                search=[
-                    {"parameter": "JobName", "operator": VectorSearchOperator.IN, "values": wanted}
-                ],
-                page=page,
-                per_page=MAX_PER_PAGE,
-            )
-            for row in rows:
+        if wanted:
+            for row in _search(client, ["JobID", "JobName"], "JobName", wanted):
                 found.setdefault(row["JobName"], str(row["JobID"]))
-            if len(rows) < MAX_PER_PAGE:
-                break
-            page += 1
         return found
 
     def find_jobs(self, names: Sequence[str]) -> dict[str, str]:
@@ -341,19 +331,9 @@ class DiracFacility(FacilityBlock):
     # -- monitoring ---------------------------------------------------------------------------
 
     def _search_ids(self, client: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
-        rows: dict[int, dict[str, Any]] = {}
-        page = 1
-        while True:
-            found = client.jobs.search(
-                parameters=STATUS_FIELDS,
-                search=[{"parameter": "JobID", "operator": VectorSearchOperator.IN, "values": ids}],
-                page=page,
-                per_page=MAX_PER_PAGE,
-            )
-            rows.update((int(r["JobID"]), r) for r in found)
-            if len(found) < MAX_PER_PAGE:
-                return rows
-            page += 1
+        if not ids:
+            return {}
+        return {int(r["JobID"]): r for r in _search(client, STATUS_FIELDS, "JobID", ids)}
 
     def poll(self, refs: Sequence[JobRef]) -> list[JobStatus]:
         """One `jobs.search` for all refs (one more per 10,000); DIRAC statuses mapped."""
@@ -559,3 +539,31 @@ def _sandboxed(spec: JobSpec) -> list[InputFile]:
 def _digest(spec: JobSpec) -> str:
     """What identifies a spec, for telling a resubmission from a reused name."""
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+def _search(client: Any, parameters: list[str], field: str, values: list[Any]) -> list[Any]:
+    """Every row of a `jobs.search` for `field` IN `values`, MAX_PER_PAGE rows a page.
+
+    A page past the last one is answered 416 by DiracX (when the rows fill whole pages):
+    that is the end, not an error.
+    """
+    rows: list[Any] = []
+    page = 1
+    while True:
+        try:
+            found = client.jobs.search(
+                parameters=parameters,
+                search=[
+                    {"parameter": field, "operator": VectorSearchOperator.IN, "values": values}
+                ],
+                page=page,
+                per_page=MAX_PER_PAGE,
+            )
+        except HttpResponseError as exc:
+            if page > 1 and exc.status_code == RANGE_NOT_SATISFIABLE:
+                return rows
+            raise
+        rows += found
+        if len(found) < MAX_PER_PAGE:
+            return rows
+        page += 1
