@@ -7,8 +7,9 @@ gateways on each, and a 10,000-job wait on the grid simulator.
 2. UWS create+RUN requests per second and their p99: one gateway on SQLite against two on
    PostgreSQL (requests alternate between them), 8 clients, BENCH_SCALE_REQUESTS requests.
 3. A CTA-sized job array of BENCH_SCALE_JOBS jobs submitted and watched to Done on a real
-   DiracX (the simulator completes them in bulk, no payloads run): the flow process's peak
-   RSS, and the Prefect API calls per poll cycle counted on the wire.
+   DiracX (the simulator completes a fifth of them every 3 s once all are submitted, no
+   payloads run): the flow process's peak RSS, and the Prefect API calls per poll cycle
+   counted on the wire.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from core.settings import configure_prefect_environment  # noqa: E402
 configure_prefect_environment()
 
 import httpx  # noqa: E402
+from diracx.client.sync import SyncDiracClient  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId  # noqa: E402
@@ -239,10 +241,14 @@ def grid_part() -> tuple[int, float, list[int]]:
         admin = server.credentials(BASE / "admin.json", "pilot", ADMIN_GROUP)
         sim = GridSimulator(server.url, admin, owner, server.job_db_url, run_payloads=False)
 
-        def pilots() -> None:
-            while not stop.is_set():
-                sim.run_once()
-                time.sleep(1.0)
+        def pilots() -> None:  # a fifth of the jobs ends every 3 s, once all are submitted
+            with SyncDiracClient(diracx_preferences=sim.prefs) as client:
+                while not stop.is_set() and len(sim.waiting(client)) < JOBS:
+                    time.sleep(1.0)
+                while not stop.is_set() and (jobs := sim.waiting(client)[: JOBS // 5]):
+                    sim.start(client, jobs)
+                    sim.finish_bulk(client, jobs)
+                    time.sleep(3.0)
 
         grid = threading.Thread(target=pilots, daemon=True)
         with prefect_test_harness(server_startup_timeout=120):
