@@ -75,7 +75,8 @@ async def send_back(
                 message=f"sent back after a crash, retry {done + 1} of {limit} ({why})",
             ),
         )
-        if answer.status is not SetStateStatus.ACCEPT:
+        if answer.status is not SetStateStatus.ACCEPT:  # not counted: the next pass tries again
+            await client.update_flow_run_labels(run.id, {crashes.RETRIED_LABEL: str(done)})
             logger.warning("flow run %s could not be sent back: %s", run.id, answer.details)
             continue
         logger.warning(
