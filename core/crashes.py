@@ -18,6 +18,8 @@ SILENCE_VARIABLE = "ESAP_PREFECT_CRASH_AFTER"
 RETRIES_VARIABLE = "ESAP_PREFECT_CRASH_RETRIES"
 RETRIED_LABEL = "esap.crash-retries"
 """Flow-run label: how many times a worker has sent this run back after a crash."""
+CRASH_LABEL = "esap.crashed-state"
+"""Flow-run label: the id of the Crashed state last counted (one crash, one retry)."""
 HOLD = timedelta(minutes=5)
 """How long the gateway waits for a worker to send a crashed run back before calling it ERROR."""
 

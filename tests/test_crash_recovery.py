@@ -6,8 +6,10 @@ Each retried run keeps its id, so its jobs keep their names: it finds them, neve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +27,7 @@ import pytest
 from diracx.client.sync import SyncDiracClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.states import Crashed, Running
 
 from blocks import DiracFacility
 from core import crashes
@@ -36,6 +39,7 @@ from tests import warm_flows
 from tests.gridsim import GridSimulator
 from tests.helpers import deploy_flows, run_deployed
 from tests.test_flows import artifacts_of
+from workers.crash_retry import send_back
 
 pytestmark = pytest.mark.slow
 POOL = "crash-test"
@@ -253,3 +257,24 @@ def test_a_production_killed_while_its_dirac_jobs_wait_finds_them_again(
     assert {n.split("/")[0] for n in names} == runs
     print(f"\n{PRODUCTION_RUNS}-run production: flow killed, running again {back:.1f} s later, "
           f"completed {time.monotonic() - killed:.1f} s after the kill")  # fmt: skip
+
+
+def test_two_workers_sending_one_crash_back_count_it_once(prefect_api: str) -> None:
+    """Both workers of a pool see the same Crashed run at once: one retry counted, one sent."""
+    deploy_flows("crash-race", [warm_flows.long_job], "race", tags=["esap"])
+    run = run_deployed("long-job", "race", marks="/nonexistent", seconds=1)
+    log = logging.getLogger("test")
+
+    async def race() -> list[list[FlowRun]]:
+        async with get_client() as client:
+            await client.set_flow_run_state(run.id, Running(), force=True)
+            await client.set_flow_run_state(run.id, Crashed(message="gone"), force=True)
+            return list(await asyncio.gather(*(send_back(client, "crash-race", log) for _ in "ab")))
+
+    sent = asyncio.run(race())
+    assert sum(len(s) for s in sent) >= 1
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_run(run.id)
+        states = [s.name for s in client.read_flow_run_states(run.id)]
+    assert found.labels[crashes.RETRIED_LABEL] == "1", found.labels
+    assert states.count("AwaitingRetry") == 1, states

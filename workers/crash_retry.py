@@ -41,9 +41,10 @@ async def send_back(
 ) -> list[FlowRun]:
     """One pass: the pool's ESAP runs that crashed lately and have retries left, rescheduled.
 
-    The retry count lives in a flow-run label, written before the state, and the run is read
-    again just before: two workers sending the same run back count one retry, and the second
-    finds it no longer Crashed. Prefect's rules decide the transition (nothing is forced).
+    The retry count lives in flow-run labels with the id of the Crashed state it counted,
+    written before the state, and the run is read again just before: two workers sending the
+    same crash back count it once, and the second finds the run no longer Crashed. Prefect's
+    rules decide the transition (nothing is forced).
     """
     moment = moment or datetime.now(UTC)
     limit = crashes.retries()
@@ -62,10 +63,15 @@ async def send_back(
     sent = []
     for run in runs:
         done = crashes.retried(run.labels)
-        if done >= limit:
-            continue
+        crash = str(run.state.id) if run.state is not None else ""
+        if done >= limit or run.labels.get(crashes.CRASH_LABEL) == crash:
+            continue  # spent, or this crash is being sent back by another worker
         why = run.state.message if run.state is not None and run.state.message else "crashed"
-        await client.update_flow_run_labels(run.id, {crashes.RETRIED_LABEL: str(done + 1)})
+        counted: dict[str, bool | int | float | str] = {
+            crashes.RETRIED_LABEL: str(done + 1),
+            crashes.CRASH_LABEL: crash,
+        }
+        await client.update_flow_run_labels(run.id, counted)
         if (await client.read_flow_run(run.id)).state_type is not StateType.CRASHED:
             continue  # another worker sent it back first
         answer: OrchestrationResult[Any] = await client.set_flow_run_state(
@@ -76,7 +82,11 @@ async def send_back(
             ),
         )
         if answer.status is not SetStateStatus.ACCEPT:  # not counted: the next pass tries again
-            await client.update_flow_run_labels(run.id, {crashes.RETRIED_LABEL: str(done)})
+            uncounted: dict[str, bool | int | float | str] = {
+                crashes.RETRIED_LABEL: str(done),
+                crashes.CRASH_LABEL: "",
+            }
+            await client.update_flow_run_labels(run.id, uncounted)
             logger.warning("flow run %s could not be sent back: %s", run.id, answer.details)
             continue
         logger.warning(
