@@ -278,3 +278,18 @@ def test_two_workers_sending_one_crash_back_count_it_once(prefect_api: str) -> N
         states = [s.name for s in client.read_flow_run_states(run.id)]
     assert found.labels[crashes.RETRIED_LABEL] == "1", found.labels
     assert states.count("AwaitingRetry") == 1, states
+
+    async def counted_by_another() -> list[FlowRun]:
+        """A crash another worker has just counted (labels written, state not yet sent)."""
+        async with get_client() as client:
+            await client.set_flow_run_state(run.id, Running(), force=True)
+            await client.set_flow_run_state(run.id, Crashed(message="gone again"), force=True)
+            crashed = await client.read_flow_run(run.id)
+            assert crashed.state is not None
+            counted = {crashes.RETRIED_LABEL: "2", crashes.CRASH_LABEL: str(crashed.state.id)}
+            await client.update_flow_run_labels(run.id, counted)  # type: ignore[arg-type]
+            return await send_back(client, "crash-race", log)
+
+    assert asyncio.run(counted_by_another()) == [], "the same crash is not counted twice"
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).labels[crashes.RETRIED_LABEL] == "2"
