@@ -5,15 +5,11 @@ Bootstrap's automation, the workers' retry loop and the gateway read the same va
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from core.errors import FatalError
+from core.settings import env_number
 
-HEARTBEAT_SECONDS = 30  # Prefect's shortest heartbeat interval
-HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 SILENCE_VARIABLE = "ESAP_PREFECT_CRASH_AFTER"
 RETRIES_VARIABLE = "ESAP_PREFECT_CRASH_RETRIES"
 RETRIED_LABEL = "esap.crash-retries"
@@ -24,29 +20,17 @@ HOLD = timedelta(minutes=5)
 """How long the gateway waits for a worker to send a crashed run back before calling it ERROR."""
 
 
-def _number(variable: str, default: str, low: float, high: float, what: str) -> float:
-    text = os.environ.get(variable, default)
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    whole = what.startswith("a whole")
-    if not low <= value <= high or (whole and not value.is_integer()):  # also NaN
-        raise FatalError(f"{variable}={text!r}: give {what} from {low:g} to {high:g}")
-    return value
-
-
 def silence() -> timedelta:
     """How long a running flow run may send no heartbeat before it is marked Crashed.
 
     90 s, or $ESAP_PREFECT_CRASH_AFTER (45 to 86400: more than one 30 s heartbeat apart).
     """
-    return timedelta(seconds=_number(SILENCE_VARIABLE, "90", 45, 86400, "seconds"))
+    return timedelta(seconds=env_number(SILENCE_VARIABLE, "90", 45, 86400))
 
 
 def retries() -> int:
     """How many times a crashed run is sent back to its pool: 2, or $ESAP_PREFECT_CRASH_RETRIES."""
-    return int(_number(RETRIES_VARIABLE, "2", 0, 10, "a whole number"))
+    return int(env_number(RETRIES_VARIABLE, "2", 0, 10, whole=True))
 
 
 def retried(labels: Mapping[str, object]) -> int:

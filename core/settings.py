@@ -6,13 +6,16 @@ Nothing here imports Prefect, so it can run before Prefect reads its settings.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from core.crashes import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
+from core.errors import FatalError
 
 DEFAULT_HOME = Path("~/.esap-prefect")
+HEARTBEAT_SECONDS = 30  # Prefect's shortest heartbeat interval
+HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 
 
 def home() -> Path:
@@ -132,3 +135,21 @@ def configure_prefect_environment() -> None:
         api = running_stack_api()
         if api:
             os.environ["PREFECT_API_URL"] = api
+
+
+def env_number(
+    variable: str, default: str, low: float, high: float, *, whole: bool = False
+) -> float:
+    """A number from the environment within [low, high] (a whole one if asked); FatalError if not.
+
+    The error names the variable and the text given, never a traceback's worth.
+    """
+    text = os.environ.get(variable, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high or (whole and not value.is_integer()):  # also NaN
+        what = "a whole number" if whole else "seconds"
+        raise FatalError(f"{variable}={text!r}: give {what} from {low:g} to {high:g}")
+    return value

@@ -7,8 +7,6 @@ pod never starts (an image that cannot be pulled, no node) would stay Cancelling
 from __future__ import annotations
 
 import asyncio
-import math
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +21,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
 from prefect_kubernetes.worker import KubernetesWorker
 
-from core.errors import FatalError
+from core.settings import env_number
 from workers import KUBERNETES_TYPE
 from workers.background import every, stop
 from workers.crash_retry import CrashRetry
@@ -37,14 +35,7 @@ def engine_grace() -> timedelta:
 
     Only then is its Job deleted: 60 s, or $ESAP_PREFECT_KUBERNETES_CANCEL_GRACE (0 to 3600).
     """
-    text = os.environ.get(GRACE_VARIABLE, "60")
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds <= 3600:  # also NaN
-        raise FatalError(f"{GRACE_VARIABLE}={text!r}: give seconds from 0 to 3600")
-    return timedelta(seconds=seconds)
+    return timedelta(seconds=env_number(GRACE_VARIABLE, "60", 0, 3600))
 
 
 class EsapKubernetesWorker(KubernetesWorker):  # type: ignore[misc]
