@@ -125,6 +125,10 @@ def configure_prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # flow runs beat every 30 s (Prefect's default: 180; workers pass it on to every run)
     os.environ.setdefault(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))
+    # a Prefect server whose PostgreSQL is restarting answers 500 (a refused connection is not
+    # among the errors it calls retryable): retried with backoff (~1 min), a worker's or flow's
+    # state change is not lost, which would leave its run Pending for ever
+    os.environ.setdefault("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
     # the first migration of a new database takes longer than Prefect's 20 s on busy hosts
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # runs log at INFO to the Prefect API (the UI shows them); the terminal stays quiet

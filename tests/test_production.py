@@ -25,7 +25,12 @@ import psutil
 import psycopg
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -323,7 +328,8 @@ def test_a_database_restart_under_load_loses_nothing(
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(create, i) for i in range(16)]
-        time.sleep(3)
+        # down while workers are starting runs: their state changes meet the outage
+        wait_until(lambda: _starting(production), bool, 60)
         restarted = time.monotonic()
         postgres.stop()  # fast: sessions ended, as an operator's restart does
         time.sleep(OUTAGE)
@@ -335,11 +341,28 @@ def test_a_database_restart_under_load_loses_nothing(
         lambda found: found["COMPLETED"] + found["ERROR"] == len(ids),
         300,
     )
-    assert phases == Counter({"COMPLETED": len(ids)}), phases
     runs = _uws_runs(production)
+    assert phases == Counter({"COMPLETED": len(ids)}), (phases, Counter(runs.values()))
     assert len(runs) == before + len(ids), "one flow run per job, none lost, none twice"
     assert all(state is StateType.COMPLETED for state, _ in runs.values())
     print(f"\nPostgreSQL down {down:.1f} s; answers {dict(seen)}")
+
+
+def _starting(production: Production) -> bool:
+    """Whether a worker has claimed a gateway's flow run that has not begun running."""
+    with (
+        temporary_settings({PREFECT_API_URL: production.api}),
+        get_client(sync_client=True) as client,
+    ):
+        return bool(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=["uws"]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING])),
+                ),
+                limit=1,
+            )
+        )
 
 
 def _phase(production: Production, job_id: str) -> str:
