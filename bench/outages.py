@@ -1,8 +1,9 @@
-"""Backends away in the middle of a run: the Prefect API, then DiracX, each for BENCH_OUTAGE s.
+"""Backends away in the middle of a run: the Prefect API, DiracX, Rucio, each for BENCH_OUTAGE s.
 
 One `esap-prefect server` (SQLite), one worker on the `local` pool, one gateway. The Prefect
 API is killed while a flow run waits on a local job, and started again on the same database;
-DiracX is stopped while a CTA production's jobs wait on the grid simulator. Printed: how long
+DiracX is stopped while a CTA production's jobs wait on the grid simulator; Rucio while a
+data-staging run waits on its rule (no conveyor until it is back). Printed: how long
 each run waited, its end, and what the gateway answered meanwhile.
 """
 
@@ -38,18 +39,22 @@ import psutil  # noqa: E402
 from diracx.client.sync import SyncDiracClient  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.objects import FlowRun  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
-from blocks import DiracFacility  # noqa: E402
+from blocks import DiracFacility, RucioStore  # noqa: E402
 from core.backoff import wait_until  # noqa: E402
 from flows.cta_mc_production import cta_mc_production  # noqa: E402
+from flows.data_staging import data_staging  # noqa: E402
 from tests import warm_flows  # noqa: E402
 from tests.gridsim import GridSimulator  # noqa: E402
 from tests.helpers import deploy_flows, run_deployed  # noqa: E402
 from tests.servers.diracx import ADMIN_GROUP, DiracXServer  # noqa: E402
+from tests.servers.rucio import RucioServer  # noqa: E402
 from tests.stack import CLI  # noqa: E402
 
 OUTAGE = float(os.environ.get("BENCH_OUTAGE", "60"))
 RUNS = int(os.environ.get("BENCH_OUTAGE_RUNS", "10"))
+ONLY = os.environ.get("BENCH_OUTAGES", "prefect,diracx,rucio").split(",")
 
 
 def _env() -> dict[str, str]:
@@ -202,18 +207,68 @@ def diracx_away() -> None:
         diracx.stop()
 
 
+def rucio_away() -> None:
+    """Stop Rucio while a data-staging run waits on its rule; start it, then its conveyor."""
+    rucio = RucioServer(HOME / "rucio")
+    rucio.start()
+    try:
+        rucio.add_rse("ESAP_ARCHIVE", HOME / "rse-archive")
+        rucio.add_rse("SITE_B", HOME / "rse-site-b")
+        files = {f"away/f{i:03d}.dat": f"file {i}\n".encode() for i in range(RUNS)}
+        rucio.seed_dataset("away", files, "ESAP_ARCHIVE")
+        RucioStore(
+            rucio_host=rucio.url,
+            account="root",
+            username=rucio.user,
+            password=SecretStr(rucio.password),
+            archive_rse="ESAP_ARCHIVE",
+        ).save("rucio", overwrite=True)
+        run = _run("data-staging", inputs=["esap:away"], target="SITE_B", store="rucio")
+        with get_client(sync_client=True) as client:
+            wait_until(
+                lambda: [log.message for log in client.read_logs(limit=200)],
+                lambda lines: any("replicating" in line for line in lines),
+                300,
+            )  # its rule made, no conveyor yet: the run waits on it
+        rucio.stop()
+        away = time.monotonic()
+        time.sleep(OUTAGE)
+        rucio.start()
+        back = time.monotonic()
+        with rucio.conveyor():
+            done = _final(run, 900)
+        with get_client(sync_client=True) as client:
+            warned = [
+                log.message
+                for log in client.read_logs(limit=200)
+                if log.flow_run_id == run.id and "cannot be reached" in log.message
+            ]
+        print(
+            f"Rucio away {back - away:.0f} s while staging {RUNS} files waited: the run ended "
+            f"{done.state_name} {time.monotonic() - back:.1f} s after it came back; "
+            f"{len(warned)} 'cannot be reached' warnings in its log"
+        )
+    finally:
+        rucio.stop()
+
+
 def main() -> None:
     server = _server()
     worker = gateway = None
     try:
-        deploy_flows("local", [warm_flows.long_job, cta_mc_production], "outage", tags=["esap"])
+        flows: list[Any] = [warm_flows.long_job, cta_mc_production, data_staging]
+        deploy_flows("local", flows, "outage", tags=["esap"])
         worker = _spawn("worker", "worker", "--pool", "local", "--name", "bench")
         wait_until(lambda: _log("worker"), lambda text: "started!" in text, 120)
         gateway = _spawn("gateway", "gateway", "--port", str(GATEWAY_PORT))
         wait_until((HOME / "token").exists, bool, 120)
         wait_until(_gateway_up, bool, 120)
-        server = prefect_api_away(server)
-        diracx_away()
+        if "prefect" in ONLY:
+            server = prefect_api_away(server)
+        if "diracx" in ONLY:
+            diracx_away()
+        if "rucio" in ONLY:
+            rucio_away()
     finally:
         for process in (gateway, worker, server):
             if process is not None:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from pydantic import Field
+from requests.exceptions import RequestException
 
 from blocks.facility import LOG_TAIL, FacilityBlock
 from blocks.local import (
@@ -119,7 +120,7 @@ class DockerFacility(FacilityBlock):
             if exc.status_code is not None and exc.status_code >= 500:
                 raise TransientError(f"Docker Engine of {self.facility_name}: {exc}") from None
             raise FatalError(f"Docker Engine of {self.facility_name}: {exc}") from None
-        except DockerException as exc:
+        except (DockerException, RequestException) as exc:  # the engine gone mid-call
             raise TransientError(f"Docker Engine of {self.facility_name}: {exc}") from None
         finally:
             client.close()
@@ -335,8 +336,8 @@ class _Watcher:
             while True:
                 try:
                     running = client.api.containers(filters={"label": LABEL, "status": "running"})
-                except DockerException:
-                    running = []
+                except (DockerException, RequestException):
+                    return  # the engine is away (a restart): the next poll starts a watcher
                 if not running:
                     return
                 now = time.time()

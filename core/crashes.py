@@ -16,6 +16,9 @@ RETRIED_LABEL = "esap.crash-retries"
 """Flow-run label: how many times a worker has sent this run back after a crash."""
 CRASH_LABEL = "esap.crashed-state"
 """Flow-run label: the id of the Crashed state last counted (one crash, one retry)."""
+FINAL_LABEL = "esap.crash-final"
+"""Flow-run label: the id of a Crashed state no worker will send back (retries spent)."""
+
 HOLD = timedelta(minutes=5)
 """How long the gateway waits for a worker to send a crashed run back before calling it ERROR."""
 
@@ -40,9 +43,16 @@ def retried(labels: Mapping[str, object]) -> int:
 
 
 def will_be_retried(
-    labels: Mapping[str, object], crashed_at: datetime | None, moment: datetime | None = None
+    labels: Mapping[str, object],
+    crash: str,
+    crashed_at: datetime | None,
+    moment: datetime | None = None,
 ) -> bool:
-    """True while a crashed run still has retries and a worker may yet send it back."""
+    """True while a worker may yet send back the run that crashed in state `crash` (its id).
+
+    False once a worker has marked that crash final (retries spent, label FINAL_LABEL), or
+    when none has sent it back within HOLD: a pool whose worker does not send runs back.
+    """
     moment = moment or datetime.now(UTC)
     recent = crashed_at is None or moment - crashed_at < HOLD
-    return recent and retried(labels) < retries()
+    return recent and str(labels.get(FINAL_LABEL, "")) != crash

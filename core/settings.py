@@ -141,6 +141,14 @@ def configure_prefect_environment() -> None:
             os.environ["PREFECT_API_URL"] = api
 
 
+OUTAGE_VARIABLE = "ESAP_PREFECT_OUTAGE_LIMIT"
+
+
+def outage_limit() -> float:
+    """Seconds a run keeps waiting for a facility or Rucio that cannot be reached (600)."""
+    return env_number(OUTAGE_VARIABLE, "600", 10, 86400)
+
+
 def env_number(
     variable: str, default: str, low: float, high: float, *, whole: bool = False
 ) -> float:

@@ -540,13 +540,15 @@ def plan(
 
 
 def _checked_crash_settings() -> None:
-    """UserError naming a crash-detection setting out of its range."""
+    """UserError naming a crash-detection or outage setting out of its range."""
     from core import crashes
     from core.errors import FatalError
+    from core.settings import outage_limit
 
     try:
         crashes.silence()
         crashes.retries()
+        outage_limit()
     except FatalError as exc:
         raise UserError(str(exc)) from None
 

@@ -192,7 +192,7 @@ def _following(job: JobRecord, run: FlowRun) -> JobUpdate | None:
     if run.state is None:
         return None
     if run.state.type is StateType.CRASHED and crashes.will_be_retried(
-        run.labels, run.state.timestamp
+        run.labels, str(run.state.id), run.state.timestamp
     ):
         return None  # a worker sends it back and it runs again: not ERROR yet
     phase = PREFECT_TO_UWS.get(run.state.type.value, UWSPhase.UNKNOWN)

@@ -22,6 +22,7 @@ from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
 
 from blocks.facility import FacilityBlock
+from core import settings
 from core.backoff import Backoff
 from core.errors import FatalError, TransientError
 from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
@@ -85,16 +86,18 @@ def wait_for_jobs(
     max_interval: float = 30.0,
     timeout: float | None = None,
     max_reschedules: int = 0,
-    outage_timeout: float = 600.0,
+    outage_timeout: float | None = None,
 ) -> list[JobStatus]:
     """Poll until every job is final: one facility call per cycle for all unfinished jobs.
 
     The interval grows by half each quiet cycle up to `max_interval` and halves when
     something changed. A failed job is rescheduled up to `max_reschedules` times. While
-    the facility cannot be reached polling goes on, for up to `outage_timeout` seconds.
+    the facility cannot be reached polling goes on, for up to `outage_timeout` seconds
+    (`ESAP_PREFECT_OUTAGE_LIMIT`, 600, when None).
     Past `timeout` seconds the unfinished jobs are cancelled and JobsTimedOut is raised.
     """
     logger = get_run_logger()
+    outage_limit = settings.outage_limit() if outage_timeout is None else outage_timeout
     latest: dict[JobRef, JobStatus] = {}
     reschedules: Counter[JobRef] = Counter()
     total = len(refs)
@@ -115,7 +118,7 @@ def wait_for_jobs(
             statuses = facility.poll(pending)
         except TransientError as exc:
             outage_since = outage_since or time.monotonic()
-            if time.monotonic() - outage_since > outage_timeout:
+            if time.monotonic() - outage_since > outage_limit:
                 raise
             logger.warning("%s; polling again in %.1fs", exc, interval)
             statuses = []

@@ -84,6 +84,7 @@ def stage_inputs(
             poll_interval=poll_interval,
             download_to=dest if download else None,
             progress=report,
+            warn=logger.warning,
         )
         reused = sum(r.reused for r in staged.rules)
         logger.info("%d rule(s) at %s, %d reused", len(staged.rules), rse, reused)

@@ -321,6 +321,7 @@ def test_concordia_refuses_a_range_upside_down_and_a_keyword_the_build_lacks() -
         ("ESAP_PREFECT_CRASH_AFTER", "30", "give seconds from 45 to 86400"),
         ("ESAP_PREFECT_CRASH_AFTER", "inf", "give seconds from 45 to 86400"),
         ("ESAP_PREFECT_CRASH_AFTER", "soon", "give seconds from 45 to 86400"),
+        ("ESAP_PREFECT_OUTAGE_LIMIT", "-5", "give seconds from 10 to 86400"),
     ],
 )
 def test_bad_crash_settings_are_refused_by_every_long_running_command(

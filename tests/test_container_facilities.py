@@ -9,6 +9,7 @@ import contextlib
 import functools
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +105,33 @@ def test_docker_unreachable_engine_is_transient(tmp_path: Path) -> None:
     facility = DockerFacility(base_url=f"unix://{tmp_path}/none.sock", workdir=tmp_path)
     with pytest.raises(TransientError, match="Docker Engine of docker unreachable"):
         facility.submit([JobSpec(name="a", image=IMAGE)])
+
+
+def test_a_job_outlives_a_docker_engine_restart_and_its_end_is_read_after(
+    docker_facility: DockerFacility, docker_engine: DockerEngine, tmp_path: Path
+) -> None:
+    from core.errors import TransientError
+
+    spec = JobSpec(name="outlives", image=IMAGE, executable="sh",
+                   arguments=["-c", "sleep 6; mkdir -p outputs; echo done > outputs/end.txt"],
+                   outputs=["outputs/*.txt"])  # fmt: skip
+    refs = docker_facility.submit([spec])
+    wait_running(docker_facility, refs[0])
+    docker_engine.stop_daemon()
+    away = time.monotonic()
+    try:
+        with pytest.raises(TransientError, match="Docker Engine of docker unreachable"):
+            docker_facility.poll(refs)
+        time.sleep(2)
+    finally:
+        docker_engine.start()
+    back = time.monotonic()
+    [status] = settle(docker_facility, refs)
+    assert status.state is JobState.COMPLETED and status.exit_code == 0, status
+    [out] = docker_facility.fetch(refs, tmp_path / "fetched")
+    assert [f.path.read_text() for f in out.files] == ["done\n"]
+    print(f"\nDocker Engine away {back - away:.1f} s; the job completed "
+          f"{time.monotonic() - back:.1f} s after it was back")  # fmt: skip
 
 
 def test_apptainer_runs_the_runscript_and_exec_commands(

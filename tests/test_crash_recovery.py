@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import psutil
 import pytest
 from diracx.client.sync import SyncDiracClient
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Crashed, Running
 
@@ -37,7 +39,7 @@ from flows.cta_mc_production import cta_mc_production
 from tasks.archive import ARCHIVED
 from tests import warm_flows
 from tests.gridsim import GridSimulator
-from tests.helpers import deploy_flows, run_deployed
+from tests.helpers import deploy_flows, run_deployed, run_logs
 from tests.test_flows import artifacts_of
 from workers.crash_retry import send_back
 
@@ -109,7 +111,8 @@ def _settled(run_id: UUID, timeout: float) -> FlowRun:
                 r.state is not None
                 and r.state.is_final()
                 and not (
-                    r.state.type is StateType.CRASHED and crashes.will_be_retried(r.labels, None)
+                    r.state.type is StateType.CRASHED
+                    and crashes.will_be_retried(r.labels, str(r.state.id), None)
                 )
             ),
             timeout,
@@ -143,6 +146,16 @@ def test_a_killed_flow_process_is_retried_and_takes_its_running_job_over(
     assert done.state_type is StateType.COMPLETED, _history(run.id)
     history = _history(run.id)
     assert any("sent back after a crash, retry 1 of 2" in line for line in history), history
+    told = [line for line in run_logs(run.id) if "crashed: sent back to pool crash-test" in line]
+    assert len(told) == 1 and re.search(r"by worker host-[ab], retry 1 of 2", told[0]), told
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+    assert not [t.name for t in tasks if t.state_type is StateType.RUNNING], "none left running"
+    assert any(
+        t.state_type is StateType.CRASHED and t.name.startswith("wait-for-jobs") for t in tasks
+    ), [(t.name, t.state_name) for t in tasks]
     assert done.labels[crashes.RETRIED_LABEL] == "1" and done.run_count == 2
     assert len(_flow_pids(tmp_path)) == 2, "a second flow process ran the run"
     assert len(_starts(tmp_path)) == 1, "the job was taken over, once"
@@ -293,3 +306,22 @@ def test_two_workers_sending_one_crash_back_count_it_once(prefect_api: str) -> N
     assert asyncio.run(counted_by_another()) == [], "the same crash is not counted twice"
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run.id).labels[crashes.RETRIED_LABEL] == "2"
+
+    async def spent() -> tuple[list[FlowRun], FlowRun]:
+        """Crashed again with both retries spent: it stays Crashed, marked final for the gateway."""
+        async with get_client() as client:
+            await client.set_flow_run_state(run.id, Running(), force=True)
+            await client.set_flow_run_state(run.id, Crashed(message="gone for good"), force=True)
+            sent = await send_back(client, "crash-race", log)
+            return sent, await client.read_flow_run(run.id)
+
+    none, final = asyncio.run(spent())
+    assert none == [] and final.state is not None and final.state_type is StateType.CRASHED
+    assert final.labels[crashes.FINAL_LABEL] == str(final.state.id)
+    assert not crashes.will_be_retried(final.labels, str(final.state.id), None)
+    wait_until(  # in the run's own log (shipped to the API in batches)
+        lambda: run_logs(run.id),
+        lambda lines: any("stays Crashed: 2 of 2 retries after crashes spent (gone for good)"
+                          in line for line in lines),
+        30,
+    )  # fmt: skip

@@ -33,7 +33,7 @@ from core.errors import JobRefused
 from core.jobs import JobOutputs, JobRef, JobSpec
 from core.states import JobState
 from tests.gridsim import GridSimulator
-from tests.helpers import settle, wait_running
+from tests.helpers import settle, wait_final, wait_running
 from tests.servers.containers import DockerEngine
 from tests.servers.kubelet import StandInCluster
 
@@ -295,13 +295,15 @@ def test_only_regular_files_inside_the_job_folder_come_back(
         # refuses them; a link to the host refuses the whole sandbox
         subject.sim.fates = lambda _name: "hold"
         refs = subject.facility.submit([subject.spec(name, "true", outputs)])
+        # held by its pilot first: a kill racing the pilot's own status updates could lose
+        wait_running(subject.facility, refs[0], 60)
         subject.sim.return_sandbox(
             int(refs[0].job_id),
             _tarball([("fine.txt", b"fine\n"), ("leak", "-> fine.txt"), ("d/home", "-> ..")]),
         )
         subject.facility.cancel(refs)
         refused = {"leak: a symbolic link", "d/home: a symbolic link"}
-    settle(subject.facility, refs, 120)
+    wait_final(subject.facility, refs, 120)
     [found] = subject.facility.fetch(refs, tmp_path / "out")
     assert [f.name for f in found.files] == [f"{name}/fine.txt"]
     assert set(found.refused) == refused, found.refused

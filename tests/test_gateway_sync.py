@@ -84,11 +84,11 @@ def test_phases_follow_flow_runs_in_bulk_and_a_deleted_run_is_an_error(tmp_path:
 def test_a_crashed_run_with_retries_left_stays_executing_until_they_are_spent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker sends a crashed run back (label esap.crash-retries): not ERROR meanwhile.
+    """A worker may send a crashed run back: not ERROR meanwhile.
 
-    Spent retries, or no worker sending it back within HOLD, make it ERROR (transient).
+    A crash a worker marked final (retries spent, label esap.crash-final naming that Crashed
+    state), or no worker sending it back within HOLD, make it ERROR (transient).
     """
-    monkeypatch.setenv(crashes.RETRIES_VARIABLE, "1")
 
     async def scenario() -> list[dict[str, UWSPhase | None]]:
         store = JobStore.open(tmp_path / "gateway.db")
@@ -101,7 +101,13 @@ def test_a_crashed_run_with_retries_left_stays_executing_until_they_are_spent(
                 ))  # fmt: skip
                 await client.set_flow_run_state(run.id, Running())
                 await client.set_flow_run_state(run.id, Crashed(message="no heartbeat for 90 s"))
-            await client.update_flow_run_labels(runs[1].id, {crashes.RETRIED_LABEL: "1"})
+            crashed = await client.read_flow_run(runs[1].id)
+            assert crashed.state is not None
+            await client.update_flow_run_labels(
+                runs[1].id, {crashes.FINAL_LABEL: str(crashed.state.id)}
+            )
+            # a label naming an earlier crash is not this one's
+            await client.update_flow_run_labels(runs[0].id, {crashes.FINAL_LABEL: "an-old-crash"})
             service = JobService(store, client, GatewaySettings(database=tmp_path / "x.db"))
             for hold in (crashes.HOLD, timedelta(0)):  # then no worker came within HOLD
                 monkeypatch.setattr(crashes, "HOLD", hold)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -11,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.rucio import RucioStore, StageProgress, StagingError
-from core.errors import CredentialsError, FatalError
+from core.backoff import wait_until
+from core.errors import CredentialsError, FatalError, TransientError
 from tests.servers.rucio import RucioServer
 
 
@@ -89,6 +93,58 @@ def test_a_rule_that_never_becomes_ok_times_out_and_a_later_stage_reuses_it(
         staged = rucio_store.stage_in(["esap:stageslow"], "SITE_B", timeout=60, poll_interval=0.5)
     assert [r.reused for r in staged.rules] == [True] and len(staged.files) == 4
     assert rules_of(rucio_server, "stageslow") == ["SITE_B OK"]
+
+
+def test_staging_waits_out_a_rucio_outage_and_carries_on(
+    rucio_store: RucioStore, rucio_server: RucioServer
+) -> None:
+    seed(rucio_server, "stageaway", 3)
+    seen: list[StageProgress] = []
+    warned: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        staging = pool.submit(
+            rucio_store.stage_in, ["esap:stageaway"], "SITE_B", timeout=240, poll_interval=0.5,
+            outage_limit=120, progress=seen.append, warn=warned.append,
+        )  # fmt: skip
+        wait_until(lambda: len(seen), bool, 60)  # its rule made, and waited on
+        rucio_server.stop()
+        away = time.monotonic()
+        wait_until(lambda: len(warned), bool, 30)
+        time.sleep(3)
+        rucio_server.start()
+        back = time.monotonic()
+        with rucio_server.conveyor():
+            staged = staging.result(timeout=180)
+    assert len(staged.files) == 3 and [r.reused for r in staged.rules] == [False]
+    assert warned[0].startswith("Rucio cannot be reached (for ")
+    assert warned[0].endswith("staging to SITE_B waits")
+    assert rules_of(rucio_server, "stageaway") == ["SITE_B OK"], "one rule, still the first"
+    print(f"\nRucio away {back - away:.1f} s; staging waited and finished, {len(warned)} warnings")
+
+
+def test_a_rucio_outage_past_the_limit_is_a_transient_error_and_the_rule_stays(
+    rucio_store: RucioStore, rucio_server: RucioServer
+) -> None:
+    seed(rucio_server, "stagegone", 2)
+    seen: list[StageProgress] = []
+    with ThreadPoolExecutor(1) as pool:
+        staging = pool.submit(
+            rucio_store.stage_in, ["esap:stagegone"], "SITE_B", timeout=240, poll_interval=0.5,
+            outage_limit=2, progress=seen.append,
+        )  # fmt: skip
+        wait_until(lambda: len(seen), bool, 60)
+        rucio_server.stop()
+        try:
+            with pytest.raises(TransientError) as caught:
+                staging.result(timeout=120)
+        finally:
+            rucio_server.start()
+    assert re.fullmatch(
+        r"Rucio could not be reached for \d+ s while waiting for staging to SITE_B \(limit 2 s\); "
+        r"the rules stay, so staging again picks them up",
+        str(caught.value),
+    ), caught.value
+    assert rules_of(rucio_server, "stagegone") == ["SITE_B REPLICATING"]
 
 
 def test_a_missing_replica_makes_the_rule_stuck_and_is_named(

@@ -14,16 +14,21 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterEndTime,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
     WorkPoolFilter,
     WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.states import AwaitingRetry
+from prefect.logging.loggers import flow_run_logger
+from prefect.states import AwaitingRetry, Crashed
 from prefect.workers.base import BaseWorker
 
 from core import crashes
@@ -38,6 +43,7 @@ async def send_back(
     pool: str,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
     moment: datetime | None = None,
+    by: str = "a worker",
 ) -> list[FlowRun]:
     """One pass: the pool's ESAP runs that crashed lately and have retries left, rescheduled.
 
@@ -48,8 +54,6 @@ async def send_back(
     """
     moment = moment or datetime.now(UTC)
     limit = crashes.retries()
-    if not limit:
-        return []
     runs = await client.read_flow_runs(
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
         flow_run_filter=FlowRunFilter(
@@ -64,9 +68,21 @@ async def send_back(
     for run in runs:
         done = crashes.retried(run.labels)
         crash = str(run.state.id) if run.state is not None else ""
-        if done >= limit or run.labels.get(crashes.CRASH_LABEL) == crash:
-            continue  # spent, or this crash is being sent back by another worker
+        if crash in (run.labels.get(crashes.CRASH_LABEL), run.labels.get(crashes.FINAL_LABEL)):
+            continue  # this crash is being sent back by another worker, or stays
         why = run.state.message if run.state is not None and run.state.message else "crashed"
+        if done >= limit:  # the gateway reads the label: its job is ERROR now, not in HOLD
+            await client.update_flow_run_labels(run.id, {crashes.FINAL_LABEL: crash})
+            flow_run_logger(run).error(
+                "flow run %s (%s) crashed and stays Crashed: %d of %d retries after crashes "
+                "spent (%s)",
+                run.id,
+                run.name,
+                done,
+                limit,
+                why,
+            )
+            continue
         counted: dict[str, bool | int | float | str] = {
             crashes.RETRIED_LABEL: str(done + 1),
             crashes.CRASH_LABEL: crash,
@@ -89,17 +105,42 @@ async def send_back(
             await client.update_flow_run_labels(run.id, uncounted)
             logger.warning("flow run %s could not be sent back: %s", run.id, answer.details)
             continue
-        logger.warning(
-            "flow run %s (%s) crashed: sent back to pool %s, retry %d of %d (%s)",
+        await _end_orphans(client, run)
+        # in the run's own log (its Logs tab) as well as on the worker's console
+        flow_run_logger(run).warning(
+            "flow run %s (%s) crashed: sent back to pool %s by %s, retry %d of %d (%s)",
             run.id,
             run.name,
             pool,
+            by,
             done + 1,
             limit,
             why,
         )
         sent.append(run)
     return sent
+
+
+async def _end_orphans(client: PrefectClient, run: FlowRun) -> None:
+    """The crashed attempt's task runs still Running or Pending: Crashed, as their process is.
+
+    Nobody else ends them (their process is gone), and the run's page would show them
+    running for ever beside the retried attempt's own; those are left alone (by run count).
+    """
+    orphans = await client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+        task_run_filter=TaskRunFilter(
+            state=TaskRunFilterState(
+                type=TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+            )
+        ),
+        limit=BATCH,
+    )
+    for task_run in orphans:
+        if task_run.flow_run_run_count <= run.run_count:
+            await client.set_task_run_state(
+                task_run.id, Crashed(message="its flow process died; the flow run was sent back")
+            )
 
 
 class CrashRetry:
@@ -115,7 +156,9 @@ class CrashRetry:
         worker = self.worker
 
         async def cycle() -> None:
-            await send_back(worker.client, worker._work_pool_name, worker._logger)
+            await send_back(
+                worker.client, worker._work_pool_name, worker._logger, by=f"worker {worker.name}"
+            )
 
         self._task = every(SECONDS, cycle, worker._logger, "sending crashed flow runs back")
 

@@ -89,8 +89,8 @@ def rucio_client(config: Path | None, what: str, token: str | None = None) -> It
             rucio_errors.InvalidRSEExpression,
         ) as exc:
             raise FatalError(f"Rucio refused a value while trying to {what}: {exc}") from exc
-        except rucio_errors.RucioException as exc:
-            if isinstance(exc, rucio_errors.ServiceUnavailable) or "connect" in str(exc).lower():
+        except Exception as exc:
+            if unreachable(exc):
                 raise TransientError(f"Rucio could not be reached while trying to {what}") from exc
             raise
         finally:
@@ -99,6 +99,17 @@ def rucio_client(config: Path | None, what: str, token: str | None = None) -> It
             else:
                 os.environ["RUCIO_CONFIG"] = before
             clean_cached_config()
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says Rucio's server could not be reached (not that it said no)."""
+    from requests.exceptions import ConnectionError as NoConnection
+    from requests.exceptions import Timeout
+    from rucio.common import exception as rucio_errors
+
+    if isinstance(exc, NoConnection | Timeout | rucio_errors.ServiceUnavailable):
+        return True
+    return isinstance(exc, rucio_errors.RucioException) and "connect" in str(exc).lower()
 
 
 def _bearer_only(client: Any, token: str) -> None:

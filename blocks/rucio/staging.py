@@ -14,9 +14,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from blocks.rucio.dids import Did
-from blocks.rucio.session import rucio_logger
+from blocks.rucio.session import rucio_logger, unreachable
+from core import settings
 from core.backoff import Backoff
-from core.errors import FatalError
+from core.errors import FatalError, TransientError
 
 SHOWN = 20
 
@@ -139,43 +140,64 @@ def wait_for_rules(
     poll_interval: float = 2.0,
     max_interval: float = 30.0,
     progress: Callable[[StageProgress], None] | None = None,
+    outage_limit: float | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> StageProgress:
     """Poll the rules until all are OK; STUCK or the timeout is a StagingError listing files.
 
     One request per rule and cycle: the first ten cycles `poll_interval` apart (staging
-    from nearby disk is quick), then growing by a quarter up to `max_interval`.
+    from nearby disk is quick), then growing by a quarter up to `max_interval`. While Rucio
+    cannot be reached polling goes on (`warn` told each cycle) for up to `outage_limit`
+    seconds (`ESAP_PREFECT_OUTAGE_LIMIT`), then a TransientError; the rules stay.
     """
+    limit = settings.outage_limit() if outage_limit is None else outage_limit
     started = time.monotonic()
     pause = Backoff(poll_interval, max_interval, factor=1.25, steady=10)
+    outage_since: float | None = None
     while True:
-        ok = replicating = stuck = 0
-        stuck_rules = []
-        all_ok = True
-        for rule in rules:
-            info = client.get_replication_rule(rule.rule_id)
-            all_ok = all_ok and str(info["state"]).upper() == "OK"
-            ok += info["locks_ok_cnt"]
-            replicating += info["locks_replicating_cnt"]
-            stuck += info["locks_stuck_cnt"]
-            if str(info["state"]).upper() == "STUCK":
-                stuck_rules.append((rule, info.get("error") or "no reason given"))
+        try:
+            infos = [client.get_replication_rule(rule.rule_id) for rule in rules]
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            outage_since = outage_since or time.monotonic()
+            away = time.monotonic() - outage_since
+            if away > limit:
+                raise TransientError(
+                    f"Rucio could not be reached for {away:.0f} s while waiting for staging "
+                    f"to {rse} (limit {limit:g} s); the rules stay, so staging again picks "
+                    "them up"
+                ) from exc
+            if warn is not None:
+                warn(f"Rucio cannot be reached (for {away:.0f} s); staging to {rse} waits")
+            time.sleep(pause.step())
+            continue
+        outage_since = None
         now = StageProgress(
-            ok=ok, replicating=replicating, stuck=stuck, elapsed=time.monotonic() - started
+            ok=sum(i["locks_ok_cnt"] for i in infos),
+            replicating=sum(i["locks_replicating_cnt"] for i in infos),
+            stuck=sum(i["locks_stuck_cnt"] for i in infos),
+            elapsed=time.monotonic() - started,
         )
         if progress is not None:
             progress(now)
+        stuck_rules = [
+            (rule, info.get("error") or "no reason given")
+            for rule, info in zip(rules, infos, strict=True)
+            if str(info["state"]).upper() == "STUCK"
+        ]
         if stuck_rules:
             files = [f for rule, _ in stuck_rules for f in _locks(client, rule.rule_id, {"STUCK"})]
             reasons = "; ".join(sorted({why for _, why in stuck_rules}))
             raise StagingError(
                 f"{len(files)} file(s) cannot reach {rse} (rule STUCK: {reasons})", files
             )
-        if all_ok:
+        if all(str(info["state"]).upper() == "OK" for info in infos):
             return now
         if now.elapsed >= timeout:
             files = [f for rule in rules for f in _locks(client, rule.rule_id, {"REPLICATING"})]
             raise StagingError(
-                f"staging to {rse} did not finish within {timeout:g} s ({ok} of "
+                f"staging to {rse} did not finish within {timeout:g} s ({now.ok} of "
                 f"{now.total} file(s) there; the rules stay, so staging again picks them up); "
                 "still replicating",
                 files,

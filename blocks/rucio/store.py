@@ -236,13 +236,16 @@ class RucioStore(StoreBlock):
         poll_interval: float = 2.0,
         download_to: Path | None = None,
         progress: Callable[[StageProgress], None] | None = None,
+        outage_limit: float | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> StagedInputs:
         """Make every file of `dids` available at `rse`; PFNs there, or copies in `download_to`.
 
         A rule of this account on `rse` is reused rather than duplicated; new rules get
         `lifetime` seconds (the store's rule lifetime by default, None for no expiry).
         Unknown DIDs, STUCK or missing replicas and the timeout raise StagingError naming
-        the files; the rules stay, so staging again carries on where this left off.
+        the files; the rules stay, so staging again carries on where this left off. While
+        Rucio cannot be reached the wait goes on (`warn` told) up to `outage_limit` seconds.
         """
         parsed = self.parse_dids(dids)
         if not parsed:
@@ -258,6 +261,8 @@ class RucioStore(StoreBlock):
                 timeout=timeout,
                 poll_interval=poll_interval,
                 progress=progress,
+                outage_limit=outage_limit,
+                warn=warn,
             )
             files = replicas(client, parsed, rse)
             if download_to is not None:

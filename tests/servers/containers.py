@@ -74,7 +74,8 @@ def busybox_rootfs(target: Path) -> Path:
 
 
 class DockerEngine:
-    """dockerd on a private socket and data root, no bridge, no iptables."""
+    """dockerd on a private socket and data root, no bridge, no iptables; with `live-restore`
+    (as production engines should be): containers outlive a restart of the daemon."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -100,6 +101,7 @@ class DockerEngine:
                 "--iptables=false",
                 "--bridge=none",
                 "--storage-driver=overlay2",
+                "--live-restore",
             ],
             stdout=(self.root / "dockerd.log").open("wb"),
             stderr=subprocess.STDOUT,
@@ -117,6 +119,12 @@ class DockerEngine:
             except docker.errors.DockerException:
                 time.sleep(0.2)
         raise RuntimeError("dockerd did not answer within 60 s")
+
+    def stop_daemon(self) -> None:
+        """Stop dockerd alone, as an operator's restart does: running containers carry on."""
+        assert self._process is not None
+        self._process.terminate()
+        self._process.wait(30)
 
     def client(self) -> docker.DockerClient:
         """A client of this engine."""
@@ -150,10 +158,12 @@ class DockerEngine:
         except subprocess.TimeoutExpired:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
-        # dockerd leaves its default network namespace mounted; pytest could not remove it
-        netns = self.root / "exec" / "netns" / "default"
-        if netns.exists():
-            subprocess.run(["umount", "-l", str(netns)], check=False, capture_output=True)
+        # dockerd leaves its network namespace, and (live-restore) its data root, mounted:
+        # pytest could not remove them
+        inside = f"{self.root}/"
+        points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        for point in sorted((p for p in points if p.startswith(inside)), reverse=True):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 SHIM = """#!/bin/sh
