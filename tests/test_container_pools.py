@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from blocks.apptainer import ApptainerFacility
 from blocks.kubernetes import KubernetesFacility
 from blocks.local import LocalFacility
 from core.backoff import wait_until
+from core.errors import FatalError
 from core.files import write_json
 from core.jobs import JobSpec
 from core.states import JobState
@@ -46,7 +48,7 @@ from tests.servers.kube_apiserver import ApiError
 from tests.servers.kubelet import POD, StandInCluster
 from tests.servers.venvs import ROOT
 from workers.apptainer import ApptainerWorker
-from workers.kubernetes import GRACE_VARIABLE
+from workers.kubernetes import GRACE_VARIABLE, engine_grace
 
 pytestmark = pytest.mark.slow
 TESTS_INSIDE = "/esap-tests"  # the tests package, bound read-only, for tests.warm_flows
@@ -512,19 +514,22 @@ def test_a_cancelled_kubernetes_run_whose_engine_is_frozen_loses_its_job_after_t
 
 
 def test_the_kubernetes_worker_refuses_a_cancel_grace_that_is_not_seconds(
-    pools: dict[str, str], prefect_api: str
+    pools: dict[str, str], prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for bad in ("nan", "-1", "1e9", "soon"):
-        env = {**os.environ, "PREFECT_API_URL": prefect_api, GRACE_VARIABLE: bad}
-        done = subprocess.run(
-            [CLI, "worker", "--pool", "kubernetes"],
-            check=False,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 2, done.stderr
-        assert f"{GRACE_VARIABLE}={bad!r}: give seconds from 0 to 3600" in done.stderr
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, GRACE_VARIABLE: "nan"}
+    done = subprocess.run(
+        [CLI, "worker", "--pool", "kubernetes"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{GRACE_VARIABLE}='nan': give seconds from 0 to 3600" in done.stderr
+    for bad in ("-1", "1e9", "soon"):  # what the worker reads at start, without starting one
+        monkeypatch.setenv(GRACE_VARIABLE, bad)
+        with pytest.raises(FatalError, match=re.escape(f"{bad!r}: give seconds from 0 to 3600")):
+            engine_grace()
 
 
 def test_a_kubernetes_pod_that_fails_crashes_its_flow_run_with_the_reason(
