@@ -50,7 +50,8 @@ async def send_back(
     The retry count lives in flow-run labels with the id of the Crashed state it counted,
     written before the state, and the run is read again just before: two workers sending the
     same crash back count it once, and the second finds the run no longer Crashed. Prefect's
-    rules decide the transition (nothing is forced).
+    rules decide the transition (nothing is forced). A crash with the retries spent stays
+    Crashed, labelled final for the gateway; the run's own log says which happened.
     """
     moment = moment or datetime.now(UTC)
     limit = crashes.retries()
