@@ -57,14 +57,10 @@ RUNS = int(os.environ.get("BENCH_OUTAGE_RUNS", "10"))
 ONLY = os.environ.get("BENCH_OUTAGES", "prefect,diracx,rucio").split(",")
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ}
-
-
 def _spawn(name: str, *args: str) -> subprocess.Popen[bytes]:
     with (HOME / f"{name}.log").open("ab") as log:
         return subprocess.Popen(
-            [CLI, *args], stdout=log, stderr=log, env=_env(), start_new_session=True
+            [CLI, *args], stdout=log, stderr=log, env=dict(os.environ), start_new_session=True
         )
 
 

@@ -41,6 +41,23 @@ class Backoff:
         return self.interval
 
 
+@dataclass
+class Outage:
+    """How long a polled service has been unreachable, against a limit (seconds)."""
+
+    limit: float
+    since: float | None = None
+
+    def away(self) -> float:
+        """Note a failed poll: seconds since the first failure of this outage."""
+        self.since = self.since or time.monotonic()
+        return time.monotonic() - self.since
+
+    def over(self) -> None:
+        """Note a poll that was answered: the outage, if any, has ended."""
+        self.since = None
+
+
 def wait_until(
     check: Callable[[], T],
     done: Callable[[T], bool],

@@ -539,7 +539,7 @@ def plan(
     typer.echo(answer.model_dump_json(indent=2))
 
 
-def _checked_crash_settings() -> None:
+def _checked_number_settings() -> None:
     """UserError naming a crash-detection or outage setting out of its range."""
     from core import crashes
     from core.errors import FatalError
@@ -555,7 +555,7 @@ def _checked_crash_settings() -> None:
 
 def _checked_settings() -> str | None:
     """The database URL, once it and the crash settings are known good (UserError)."""
-    _checked_crash_settings()
+    _checked_number_settings()
     try:
         return database_url()
     except ValueError as exc:
@@ -708,7 +708,7 @@ def worker(
         typer.echo("error: no Prefect API: set PREFECT_API_URL or start esap-prefect up", err=True)
         raise typer.Exit(2)
     with _user_errors():
-        _checked_crash_settings()
+        _checked_number_settings()
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound

@@ -155,7 +155,6 @@ class PostgresDatabase:
             try:
                 if self._leader is None:  # one connection a gateway, kept while it lives
                     self._leader = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
-                    self._leading = False
                 if self._leading:
                     self._leader.execute("SELECT 1")
                     return True

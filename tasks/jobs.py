@@ -23,7 +23,7 @@ from prefect.logging import get_run_logger
 
 from blocks.facility import FacilityBlock
 from core import settings
-from core.backoff import Backoff
+from core.backoff import Backoff, Outage
 from core.errors import FatalError, TransientError
 from core.jobs import JobArray, JobOutputs, JobRef, JobSpec, JobStatus
 from core.states import JobState
@@ -97,7 +97,7 @@ def wait_for_jobs(
     Past `timeout` seconds the unfinished jobs are cancelled and JobsTimedOut is raised.
     """
     logger = get_run_logger()
-    outage_limit = settings.outage_limit() if outage_timeout is None else outage_timeout
+    outage = Outage(settings.outage_limit() if outage_timeout is None else outage_timeout)
     latest: dict[JobRef, JobStatus] = {}
     reschedules: Counter[JobRef] = Counter()
     total = len(refs)
@@ -111,19 +111,18 @@ def wait_for_jobs(
     )
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = Backoff(min_interval, max_interval)
-    interval, cycles, outage_since = min_interval, 0, None
+    interval, cycles = min_interval, 0
     pending = list(refs)
     while pending:
         try:
             statuses = facility.poll(pending)
         except TransientError as exc:
-            outage_since = outage_since or time.monotonic()
-            if time.monotonic() - outage_since > outage_limit:
+            if outage.away() > outage.limit:
                 raise
             logger.warning("%s; polling again in %.1fs", exc, interval)
             statuses = []
         else:
-            outage_since = None
+            outage.over()
             cycles += 1
             retry = [
                 s.ref

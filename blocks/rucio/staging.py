@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from blocks.rucio.dids import Did
 from blocks.rucio.session import rucio_logger, unreachable
 from core import settings
-from core.backoff import Backoff
+from core.backoff import Backoff, Outage
 from core.errors import FatalError, TransientError
 
 SHOWN = 20
@@ -150,29 +150,27 @@ def wait_for_rules(
     cannot be reached polling goes on (`warn` told each cycle) for up to `outage_limit`
     seconds (`ESAP_PREFECT_OUTAGE_LIMIT`), then a TransientError; the rules stay.
     """
-    limit = settings.outage_limit() if outage_limit is None else outage_limit
+    outage = Outage(settings.outage_limit() if outage_limit is None else outage_limit)
     started = time.monotonic()
     pause = Backoff(poll_interval, max_interval, factor=1.25, steady=10)
-    outage_since: float | None = None
     while True:
         try:
             infos = [client.get_replication_rule(rule.rule_id) for rule in rules]
         except Exception as exc:
             if not unreachable(exc):
                 raise
-            outage_since = outage_since or time.monotonic()
-            away = time.monotonic() - outage_since
-            if away > limit:
+            away = outage.away()
+            if away > outage.limit:
                 raise TransientError(
                     f"Rucio could not be reached for {away:.0f} s while waiting for staging "
-                    f"to {rse} (limit {limit:g} s); the rules stay, so staging again picks "
+                    f"to {rse} (limit {outage.limit:g} s); the rules stay, so staging again picks "
                     "them up"
                 ) from exc
             if warn is not None:
                 warn(f"Rucio cannot be reached (for {away:.0f} s); staging to {rse} waits")
             time.sleep(pause.step())
             continue
-        outage_since = None
+        outage.over()
         now = StageProgress(
             ok=sum(i["locks_ok_cnt"] for i in infos),
             replicating=sum(i["locks_replicating_cnt"] for i in infos),
