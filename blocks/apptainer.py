@@ -17,8 +17,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from blocks import outbound
 from blocks.local import LocalFacility
-from core.errors import FatalError
+from core.errors import FatalError, TransientError
+from core.files import atomic_file
 from core.jobs import JobSpec
 from planner.models import TaskType
 
@@ -107,6 +109,16 @@ class ApptainerFacility(LocalFacility):
         if target.exists():
             return target
         partial = target.with_name(target.stem + ".partial.sif")
+        if scheme in ("http", "https"):  # a SIF file at a URL: brought by the guarded client
+            return self._download(image, partial, target)
+        registry = _registry(image, scheme)
+        if registry:
+            try:
+                outbound.check_host(f"https://{registry}/")
+            except outbound.Refused:
+                raise FatalError(
+                    f"image {image} cannot be pulled: its registry is not a public address"
+                ) from None
         try:
             done = subprocess.run(
                 [self.singularity, "pull", "--force", str(partial), image],
@@ -120,6 +132,18 @@ class ApptainerFacility(LocalFacility):
         if done.returncode != 0:
             tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
             raise FatalError(f"pulling image {image} failed: {tail}")
+        partial.replace(target)
+        return target
+
+    def _download(self, image: str, partial: Path, target: Path) -> Path:
+        try:
+            with atomic_file(partial) as out:
+                outbound.fetch(image, out)
+        except (FatalError, TransientError) as exc:
+            raise FatalError(f"image {exc}") from None
+        if not is_sif(partial):
+            partial.unlink()
+            raise FatalError(f"image {image} is not a SIF image file")
         partial.replace(target)
         return target
 
@@ -200,3 +224,13 @@ class ApptainerFacility(LocalFacility):
         if not isinstance(labels, dict):
             raise FatalError(f"image {image} could not be inspected")
         return {str(k): str(v) for k, v in labels.items()}
+
+
+def _registry(image: str, scheme: str) -> str | None:
+    """The registry host of a docker:// or oras:// reference, if it names one."""
+    if scheme not in ("docker", "oras"):
+        return None
+    parts = image.split("://", 1)[1].lstrip("/").split("/", 1)
+    if len(parts) == 2 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        return parts[0]
+    return None

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from blocks.outbound import Refused, check_url
 from blocks.rucio.dids import Did
 from core.errors import FatalError
 
@@ -42,9 +43,13 @@ class Inputs(BaseModel):
 
 
 def _http(url: Any, where: str) -> str:
+    """`url` if it is one the guarded client may fetch (so far as can be told without DNS)."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise FatalError(f"{where} must be an http(s) URL, not {url!r}")
-    return url
+    try:
+        return check_url(url)
+    except Refused as exc:
+        raise FatalError(f"{where}: {exc}") from None
 
 
 def _rucio_did(record: Mapping[str, Any], where: str) -> str:

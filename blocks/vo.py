@@ -1,24 +1,27 @@
-"""VO basket items fetched with pyvo: datasets behind access URLs and DataLink `#this` links.
+"""VO basket items: datasets behind access URLs and DataLink `#this` links (read with pyvo).
 
-Files land atomically under <dest>/vo/<item>/ and carry their size and checksums.
+Every URL goes through the guarded client; files land atomically under <dest>/vo/<item>/
+and carry their size and checksums.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict
 
+from blocks import outbound
 from blocks.basket import VoItem
 from core.checksums import digest
 from core.errors import FatalError, TransientError
 from core.files import atomic_file
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+DATALINK_BYTES = 16 * 2**20
 
 
 class FetchedFile(BaseModel):
@@ -39,24 +42,17 @@ def _basename(url: str, suggested: str | None) -> str:
     return _UNSAFE.sub("_", raw).strip("._") or "dataset"
 
 
-def _failed(item: VoItem, url: str, exc: Exception) -> Exception:
-    import requests
-
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status is None:
-        status = getattr(exc, "code", None)
-    if isinstance(exc, requests.ConnectionError | requests.Timeout) or (
-        isinstance(status, int) and status >= 500
-    ):
-        return TransientError(f"input {item.index}: {url} could not be reached ({exc})")
-    return FatalError(f"input {item.index}: {url} cannot be fetched: {exc}")
+def _failed(item: VoItem, exc: FatalError | TransientError) -> FatalError | TransientError:
+    return type(exc)(f"input {item.index}: {exc}")
 
 
-def _store(item: VoItem, url: str, dest: Path, name: str, stream: Any) -> FetchedFile:
+def _download(item: VoItem, url: str, dest: Path, name: str) -> FetchedFile:
     target = dest / "vo" / str(item.index) / name
-    with atomic_file(target) as out:
-        for chunk in stream:
-            out.write(chunk)
+    try:
+        with atomic_file(target) as out:
+            outbound.fetch(url, out)
+    except (FatalError, TransientError) as exc:
+        raise _failed(item, exc) from None
     sums = digest(target)
     return FetchedFile(
         source=url,
@@ -68,28 +64,19 @@ def _store(item: VoItem, url: str, dest: Path, name: str, stream: Any) -> Fetche
     )
 
 
-def _download(item: VoItem, url: str, dest: Path, name: str, timeout: float) -> FetchedFile:
-    from pyvo.utils.http import create_session
-
-    try:
-        with create_session().get(url, stream=True, timeout=timeout) as response:
-            response.raise_for_status()
-            return _store(item, url, dest, name, response.iter_content(1 << 20))
-    except (FatalError, TransientError):
-        raise
-    except Exception as exc:
-        raise _failed(item, url, exc) from exc
-
-
-def _datalink_urls(item: VoItem, timeout: float) -> list[str]:
+def _datalink_urls(item: VoItem) -> list[str]:
+    from astropy.io.votable import parse
     from pyvo.dal.adhoc import DatalinkResults
-    from pyvo.utils.http import create_session
 
     assert item.datalink is not None
     try:
-        links = DatalinkResults.from_result_url(item.datalink, session=create_session())
-    except Exception as exc:
-        raise _failed(item, item.datalink, exc) from exc
+        body = outbound.read(item.datalink, DATALINK_BYTES)
+    except (FatalError, TransientError) as exc:
+        raise _failed(item, exc) from None
+    try:
+        links = DatalinkResults(parse(io.BytesIO(body)), url=item.datalink)
+    except Exception:
+        raise FatalError(f"input {item.index}: {item.datalink} is not a DataLink VOTable") from None
     urls = []
     # exact "#this" only: narrower terms would need the IVOA vocabulary from the network
     for row in links.bysemantics("#this", include_narrower=False):
@@ -98,20 +85,26 @@ def _datalink_urls(item: VoItem, timeout: float) -> list[str]:
             raise FatalError(f"input {item.index}: the DataLink service says: {error}")
         url = row.getdataurl()
         if url:
-            urls.append(str(url))
+            try:
+                urls.append(outbound.check_url(str(url)))
+            except outbound.Refused as exc:
+                raise _failed(item, exc) from None
     if not urls:
         raise FatalError(f"input {item.index}: the DataLink at {item.datalink} has no #this link")
     return urls
 
 
-def fetch_vo(items: Sequence[VoItem], dest: Path, timeout: float = 300.0) -> list[FetchedFile]:
-    """Fetch every VO item into `dest`/vo/<item number>/; errors name the item and URL."""
+def fetch_vo(items: Sequence[VoItem], dest: Path) -> list[FetchedFile]:
+    """Fetch every VO item into `dest`/vo/<item number>/; errors name the item and URL.
+
+    Sizes and times are capped by $ESAP_PREFECT_FETCH_MAX_BYTES and _TIMEOUT (blocks.outbound).
+    """
     fetched = []
     for item in items:
         if item.datalink:
-            for url in _datalink_urls(item, timeout):
-                fetched.append(_download(item, url, dest, _basename(url, None), timeout))
+            for url in _datalink_urls(item):
+                fetched.append(_download(item, url, dest, _basename(url, None)))
         elif item.access_url:
             url = item.access_url
-            fetched.append(_download(item, url, dest, _basename(url, item.name), timeout))
+            fetched.append(_download(item, url, dest, _basename(url, item.name)))
     return fetched

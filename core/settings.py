@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,10 +34,42 @@ def private_home() -> Path:
     """
     root = home()
     root.chmod(0o700)
-    for name in ("prefect.db", "gateway.db", "token"):
+    for name in ("prefect.db", "gateway.db", "token", AUTH_FILE):
         if (root / name).exists():
             (root / name).chmod(0o600)
     return root
+
+
+AUTH_FILE = "api-auth"
+AUTH_VARIABLES = ("PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING")
+"""The client's and the server's copy of the Prefect API credential (Prefect's basic auth)."""
+
+
+def api_auth_string() -> str:
+    """The Prefect API credential: $PREFECT_API_AUTH_STRING, else this home's `api-auth` file.
+
+    The file is made on first use (`esap:` and 32 random bytes, owner only); two processes
+    starting together agree on one, since it is linked into place or read, never overwritten.
+    """
+    given = os.environ.get(AUTH_VARIABLES[0], "").strip()
+    if given:
+        return given
+    path = home() / AUTH_FILE
+    if not path.exists():
+        draft = path.with_name(f".{AUTH_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"esap:{secrets.token_urlsafe(32)}\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    text = path.read_text().strip()
+    if not text:
+        raise FatalError(f"{path} is empty: remove it and a new credential is made")
+    return text
 
 
 def stack_file() -> Path:
@@ -123,6 +156,11 @@ def configure_prefect_environment() -> None:
         prefect_database_url(shared) if shared else embedded_database_url(),
     )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the API is never open: every server started here asks for this credential, every
+    # client sends it (workers pass it on to their flow runs; payload jobs never see it)
+    credential = api_auth_string()
+    for name in AUTH_VARIABLES:
+        os.environ.setdefault(name, credential)
     # flow runs beat every 30 s (Prefect's default: 180; workers pass it on to every run)
     os.environ.setdefault(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))
     # a Prefect server whose PostgreSQL is restarting answers 500 (a refused connection is not

@@ -27,7 +27,9 @@ from core.params import (
     validate_parameters,
 )
 from core.settings import (
+    AUTH_VARIABLES,
     CONSOLE_HANDLERS,
+    api_auth_string,
     configure_prefect_environment,
     database_label,
     database_url,
@@ -57,6 +59,25 @@ GatewayPortOption = Annotated[
 
 class UserError(Exception):
     """Bad input or a failed precondition: printed as one line, exit status 2."""
+
+
+REFUSED_CREDENTIAL = (
+    "error: the Prefect API at {api} refused this host's credential: set "
+    "PREFECT_API_AUTH_STRING to the server's (`esap-prefect env` on its host prints it)"
+)
+
+
+def entry() -> None:
+    """The `esap-prefect` command: the app, with a refused credential told in one line."""
+    try:
+        app()
+    except Exception as exc:
+        response = getattr(exc, "response", None)
+        if getattr(response, "status_code", None) != 401:
+            raise
+        api = os.environ.get("PREFECT_API_URL", "(the temporary server)")
+        typer.echo(REFUSED_CREDENTIAL.format(api=api), err=True)
+        raise SystemExit(2) from None
 
 
 @contextmanager
@@ -681,6 +702,7 @@ def gateway(
         if "PREFECT_API_URL" not in os.environ:
             raise UserError("no Prefect API: set PREFECT_API_URL or start esap-prefect up")
         label = database_label(_checked_settings())
+        _check_credential(os.environ["PREFECT_API_URL"])
     from gateway.app import serve
     from gateway.settings import GatewaySettings
 
@@ -689,6 +711,41 @@ def gateway(
         err=True,
     )
     serve(GatewaySettings(host=host, port=port))
+
+
+def _check_credential(api: str) -> None:
+    """UserError if the Prefect API refuses this host's credential (an unreachable one waits)."""
+    import base64
+
+    import httpx
+
+    basic = base64.b64encode(api_auth_string().encode()).decode()
+    try:
+        answer = httpx.get(
+            f"{api.rstrip('/')}/admin/version", headers={"Authorization": f"Basic {basic}"}
+        )
+    except httpx.TransportError:
+        return  # the gateway retries a Prefect API that is still starting
+    if answer.status_code == 401:
+        raise UserError(REFUSED_CREDENTIAL.format(api=api).removeprefix("error: "))
+
+
+@app.command()
+def env() -> None:
+    """Print the lines that point a shell at this home's Prefect API: `eval "$(esap-prefect env)"`.
+
+    Only the home's owner gets them: they carry the API credential.
+    """
+    import shlex
+
+    with _user_errors():
+        if home().stat().st_uid != os.getuid():
+            raise UserError(f"{home()} is not yours: only its owner may have its credential")
+        api = os.environ.get("PREFECT_API_URL") or running_stack_api()
+        if not api:
+            raise UserError("no Prefect API: start esap-prefect up (or set PREFECT_API_URL)")
+    typer.echo(f"export PREFECT_API_URL={shlex.quote(api)}")
+    typer.echo(f"export {AUTH_VARIABLES[0]}={shlex.quote(api_auth_string())}")
 
 
 @app.command()

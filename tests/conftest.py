@@ -20,6 +20,19 @@ from core.settings import configure_prefect_environment  # noqa: E402
 
 configure_prefect_environment()
 
+from core.settings import AUTH_VARIABLES  # noqa: E402
+from tests import leaks  # noqa: E402
+
+leaks.secret(os.environ[AUTH_VARIABLES[0]])
+
+from blocks.outbound import ALLOW_VARIABLE  # noqa: E402
+from deployments.processes import free_port  # noqa: E402
+
+# the session's VO service is on loopback, which the guarded client refuses unless allowed;
+# every process the suite starts inherits this
+_VO_PORT = free_port()
+os.environ[ALLOW_VARIABLE] = f"127.0.0.1:{_VO_PORT}"
+
 import contextlib  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -147,7 +160,7 @@ def vo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VoService]:
     """A VO service on loopback serving files and DataLink VOTables."""
     from tests.servers.vo import vo_service
 
-    with vo_service(tmp_path_factory.mktemp("vo")) as service:
+    with vo_service(tmp_path_factory.mktemp("vo"), _VO_PORT) as service:
         yield service
 
 

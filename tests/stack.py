@@ -26,6 +26,7 @@ from pyvo.io.uws import parse_job
 
 from deployments.processes import free_port
 from tests import leaks
+from tests.credential import provision
 from tests.servers.vo import VoService
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
@@ -127,7 +128,7 @@ def running_stack(home: Path, issuer: Issuer, **settings: str) -> Iterator[Gatew
     """`esap-prefect up` on fresh ports under `home`, trusting `issuer`; stopped after."""
     port, gateway_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["ESAP_PREFECT_HOME"] = str(home)
+    env["ESAP_PREFECT_HOME"] = str(provision(home))
     env["ESAP_GATEWAY_SYNC_SECONDS"] = "0.2"
     env["ESAP_GATEWAY_OIDC_ISSUER"] = issuer.issuer
     env["ESAP_GATEWAY_OIDC_JWKS_URL"] = issuer.jwks_url

@@ -13,6 +13,7 @@ from typing import cast
 import pytest
 
 from blocks.rucio import RucioStore
+from tests.credential import api_credential
 from tests.servers.rucio import RucioServer
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
@@ -23,7 +24,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     if api:
-        env["PREFECT_API_URL"] = api
+        env |= {"PREFECT_API_URL": api, **api_credential()}
     if home:
         env["ESAP_PREFECT_HOME"] = str(home)
     return subprocess.run(
@@ -295,6 +296,8 @@ def cli_with(
 ) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     full |= {**env, "ESAP_PREFECT_HOME": str(home)}
+    if "PREFECT_API_URL" in env:
+        full |= api_credential()
     return subprocess.run(
         [CLI, *args], capture_output=True, text=True, env=full, timeout=timeout, check=False
     )

@@ -31,6 +31,7 @@ from pyvo.io.uws import parse_job, parse_job_list
 
 from core.backoff import wait_until
 from gateway.schemas import UWS_XSD
+from tests.credential import api_headers
 from tests.servers.diracx import DiracXServer
 from tests.stack import CLI, Gateway, Issuer
 
@@ -329,6 +330,7 @@ def test_abort_cancels_the_flow_run_and_reaches_the_dirac_jobs(
         lambda: httpx.post(
             f"{api}/flow_runs/filter",
             json={"flow_runs": {"state": {"type": {"any_": ["CANCELLED"]}}}},
+            headers=api_headers(),
         ).json(),
         bool,
         60,
@@ -342,6 +344,7 @@ def _dirac_group(api: str) -> str:
         lambda: httpx.post(
             f"{api}/flow_runs/filter",
             json={"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}},
+            headers=api_headers(),
         ).json(),
         lambda found: len(found) == 1,
         60,

@@ -19,6 +19,7 @@ from uws.client import Client
 
 from core.backoff import wait_until
 from gateway.schemas import UWS_XSD
+from tests.credential import api_headers
 from tests.stack import ESAP_ORIGIN, Gateway, Issuer
 
 IMAGE = "esap-test/payload:1"
@@ -55,7 +56,12 @@ def _wait(client: httpx.Client, job_id: int, phases: set[str], timeout: float = 
 def _prefect(gateway: Gateway, path: str, body: dict[str, Any] | None = None) -> Any:
     """Prefect's REST API of the stack: GET, or POST `body`."""
     url = f"{gateway.api}{path}"
-    answer = httpx.get(url) if body is None else httpx.post(url, json=body)
+    headers = api_headers()
+    answer = (
+        httpx.get(url, headers=headers)
+        if body is None
+        else httpx.post(url, json=body, headers=headers)
+    )
     answer.raise_for_status()
     return answer.json()
 
@@ -151,7 +157,7 @@ def test_esap_workflow_file_fields_map_to_the_run_or_are_kept(
     assert f"UWS job {made['jobId']}: calling back with django-uws" in payload["stderr"]
     assert '"Parameter5": "from-esap"' in payload["stdout"]
     gone = httpx.get(f"{gateway.api}/block_types/slug/secret/block_documents/name/"
-                     f"uws-job-{made['jobId']}")  # fmt: skip
+                     f"uws-job-{made['jobId']}", headers=api_headers())  # fmt: skip
     assert gone.status_code == 404
     [result] = job["results"]
     assert (

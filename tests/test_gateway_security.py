@@ -36,6 +36,7 @@ from gateway.service import JobService
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
 from gateway.sync import PhaseSync
+from tests.credential import api_credential
 from tests.stack import Gateway, Issuer
 
 IMAGE = "esap-test/payload:1"
@@ -310,6 +311,7 @@ def _lone_gateway(gateway: Gateway, tmp_path: Path, **env: str) -> Iterator[str]
         "PREFECT_API_URL": gateway.api,
         "ESAP_PREFECT_HOME": str(tmp_path / "home"),
         "ESAP_GATEWAY_PORT": str(port),
+        **api_credential(),
         **env,
     }
     tmp_path.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from core.backoff import wait_until
 from deployments.processes import free_port, wait_http_ok
 from gateway.database_postgres import LEADER_KEY
 from tests import leaks
+from tests.credential import api_credential
 from tests.helpers import CLI
 from tests.servers.postgres import PostgresServer
 
@@ -64,6 +65,7 @@ class Production:
             "ESAP_PREFECT_HOME": str(self.root / home),
             "ESAP_PREFECT_DATABASE_URL": self.database,
             **({"PREFECT_API_URL": self.api} if self.api else {}),
+            **api_credential(),
             **more,
         }
 

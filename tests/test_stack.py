@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from core.backoff import wait_until
 from deployments.processes import free_port
+from tests.credential import api_headers, provision
 from tests.stack import launch_up
 
 CLI = str(Path(sys.executable).parent / "esap-prefect")
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["ESAP_PREFECT_HOME"] = str(home)
+    env["ESAP_PREFECT_HOME"] = str(provision(home))
     return env
 
 
@@ -84,7 +86,8 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         flow_run_id = json.loads(run.stdout)["flow_run_id"]
         # with a stack, a CLI run goes through the deployment, named, tagged, linked
         assert f"http://127.0.0.1:{port}/runs/flow-run/{flow_run_id}" in run.stderr
-        with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}") as answer:
+        asked = urllib.request.Request(f"{api}/flow_runs/{flow_run_id}", headers=api_headers())
+        with urllib.request.urlopen(asked) as answer:
             flow_run = json.load(answer)
         assert flow_run["state_type"] == "COMPLETED"
         assert flow_run["deployment_id"] is not None and "cli" in flow_run["tags"]
@@ -103,11 +106,11 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
             [str(Path(sys.executable).parent / "prefect"), "deployment", "ls"],
             capture_output=True,
             text=True,
-            env={**_env(tmp_path), "PREFECT_API_URL": api},
+            env={**_env(tmp_path), **_exported(tmp_path)},
             timeout=120,
             check=False,
         )
-        assert "hello-world/local" in deployed.stdout
+        assert "hello-world/local" in deployed.stdout, deployed.stderr
         assert "cta-mc-production/production" in deployed.stdout
         for pool in ("dirac", "apptainer", "docker"):
             assert f"hello-world/{pool}" in deployed.stdout, f"Hello World is also on {pool}"
@@ -126,6 +129,7 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
         [schedule] = production["schedules"]
         assert schedule["schedule"]["cron"] == "0 2 * * *"
         assert schedule["active"] is False, "the production schedule must start disabled"
+        _check_the_api_is_closed(api, tmp_path)
     finally:
         up.send_signal(signal.SIGTERM)
         out, err = up.communicate(timeout=120)
@@ -137,13 +141,53 @@ def test_up_serves_runs_until_sigterm(tmp_path: Path) -> None:
     assert not (tmp_path / "stack.json").exists()
 
 
+def _exported(home: Path) -> dict[str, str]:
+    """What `eval "$(esap-prefect env)"` would set: the API URL and its credential."""
+    lines = subprocess.run(
+        [CLI, "env"], capture_output=True, text=True, env=_env(home), timeout=60, check=True
+    ).stdout.splitlines()
+    pairs = [shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in lines]
+    exported = {name: value for name, value in pairs}
+    assert set(exported) == {"PREFECT_API_URL", "PREFECT_API_AUTH_STRING"}, lines
+    return exported
+
+
+def _check_the_api_is_closed(api: str, home: Path) -> None:
+    """A local user without the credential, or with a guessed one, gets nothing (the probe)."""
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    asks = [
+        ["-X", "POST", f"{api}/block_documents/filter", "-d", '{"include_secrets": true}'],
+        ["-X", "POST", f"{api}/deployments/filter", "-d", "{}"],
+        [f"{api}/admin/settings"],
+    ]
+    codes = [
+        subprocess.run(
+            [*nobody, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+             "-H", "Content-Type: application/json", *ask],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+        for ask in asks
+    ]  # fmt: skip
+    assert codes == ["401", "401", "401"]
+    guessed = subprocess.run(
+        [CLI, "facilities"],
+        capture_output=True,
+        text=True,
+        env={**_env(home), "PREFECT_API_AUTH_STRING": "esap:guessed"},
+        timeout=120,
+        check=False,
+    )
+    assert guessed.returncode == 2 and "Traceback" not in guessed.stderr
+    assert guessed.stderr.startswith(f"error: the Prefect API at {api} refused"), guessed.stderr
+
+
 def _filter(api: str, what: str) -> list[dict[str, Any]]:
     """Every object of a kind (`deployments`, `work_pools`) as the API lists them."""
     request = urllib.request.Request(
         f"{api}/{what}/filter",
         data=b"{}",
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **api_headers()},
     )
     with urllib.request.urlopen(request) as answer:
         found: list[dict[str, Any]] = json.load(answer)
@@ -155,7 +199,7 @@ def _logs(api: str, flow_run_id: str) -> list[str]:
     body = json.dumps({"logs": {"flow_run_id": {"any_": [flow_run_id]}, "level": {"ge_": 20}}})
     request = urllib.request.Request(
         f"{api}/logs/filter", data=body.encode(), method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **api_headers()},
     )  # fmt: skip
     with urllib.request.urlopen(request) as answer:
         return [entry["message"] for entry in json.load(answer)]

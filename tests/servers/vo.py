@@ -9,7 +9,7 @@ import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,37 @@ DATALINK = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-class _Quiet(SimpleHTTPRequestHandler):
+class _Handler(SimpleHTTPRequestHandler):
+    service: VoService
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def do_GET(self) -> None:
+        self.service.hosts.append(self.headers.get("Host", ""))
+        target = self.service.redirects.get(self.path)
+        if target is None:
+            super().do_GET()
+            return
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
 
 @dataclass
 class VoService:
-    """Files under `root`, served at `url`."""
+    """Files under `root`, served at `url`; the Host header of every request, in `hosts`."""
 
     root: Path
     url: str
+    redirects: dict[str, str] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
+
+    def redirect(self, name: str, target: str) -> str:
+        """Answer `name` with a redirect to `target`; the URL of `name`."""
+        self.redirects[f"/{name}"] = target
+        return f"{self.url}/{name}"
 
     def file(self, name: str, data: bytes) -> str:
         """Publish `data` as `name`; its access URL."""
@@ -66,15 +86,17 @@ class VoService:
 
 
 @contextmanager
-def vo_service(root: Path) -> Iterator[VoService]:
-    """Serve `root` over HTTP on a free loopback port for the duration."""
+def vo_service(root: Path, port: int = 0) -> Iterator[VoService]:
+    """Serve `root` over HTTP on loopback (`port`, or a free one) for the duration."""
     root.mkdir(parents=True, exist_ok=True)
-    handler = functools.partial(_Quiet, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+    service = VoService(root, f"http://127.0.0.1:{server.server_address[1]}")
+    bound = type("Handler", (_Handler,), {"service": service})
+    server.RequestHandlerClass = functools.partial(bound, directory=str(root))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield VoService(root, f"http://127.0.0.1:{server.server_address[1]}")
+        yield service
     finally:
         server.shutdown()
         server.server_close()
