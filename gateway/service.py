@@ -31,7 +31,14 @@ from core.callbacks import callback_block
 from core.params import ParameterError
 from core.states import ABORTABLE_PHASES, ACTIVE_PHASES, UWSPhase
 from gateway.auth import current_user, job_token
-from gateway.errors import Forbidden, InvalidRequest, InvalidTransition, NotFound, Unavailable
+from gateway.errors import (
+    Forbidden,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from gateway.logs import job_logs
 from gateway.records import JobRecord, JobUpdate, Result
 from gateway.settings import GatewaySettings
@@ -400,12 +407,18 @@ class JobService:
     # ---- call-backs from inside a job (django-uws)
 
     def called_back(self, job_id: str, token: str | None) -> JobRecord:
-        """The job whose one-time token this is; NotFound or Forbidden otherwise."""
-        job = self.get(job_id)
-        if job.token_hash is None or token is None:
-            raise Forbidden("this job takes no call-back")
-        if not secrets.compare_digest(job.token_hash, token_hash(token)):
-            raise Forbidden("the job token is not valid")
+        """The job whose one-time token this is; one Unauthenticated otherwise.
+
+        An unknown job, a job without a call-back and a wrong token get the same answer, so
+        a token holder learns nothing of other jobs.
+        """
+        try:
+            job: JobRecord | None = self.get(job_id)
+        except NotFound:
+            job = None
+        given = token_hash(token) if token else ""
+        if job is None or not job.token_hash or not secrets.compare_digest(job.token_hash, given):
+            raise Unauthenticated("the job token is not valid")
         return job
 
     async def set_phase(self, job_id: str, request: Request) -> JobRecord:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,16 +28,35 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _unique(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """The pairs as a dict; InvalidRequest if a name comes twice, in any case.
+
+    UWS names are case-insensitive: two spellings of one name would leave it to chance
+    which of them the job gets.
+    """
+    found: dict[str, Any] = {}
+    seen: set[str] = set()
+    for key, value in pairs:
+        if key.lower() in seen:
+            raise InvalidRequest(f"{printable(key)[:64]!r} is given more than once")
+        seen.add(key.lower())
+        found[key] = value
+    return found
+
+
 async def read_fields(request: Request) -> dict[str, str]:
-    """Form fields, or a JSON body (django-uws `parameters: [{key, value}]` or a flat object)."""
+    """Form fields, or a JSON body (django-uws `parameters: [{key, value}]` or a flat object).
+
+    A name given twice, in any case, is refused.
+    """
     if media_type(request) == "application/json":
         body = await json_body(request)
         if not isinstance(body, dict):
             raise InvalidRequest("the JSON body must be an object")
-        fields = {k: _text(v) for k, v in body.items() if k != "parameters" and v is not None}
-        return fields | _parameter_list(body.get("parameters") or [])
+        flat = [(str(k), _text(v)) for k, v in body.items() if k != "parameters" and v is not None]
+        return _unique([*flat, *_parameter_pairs(body.get("parameters") or [])])
     form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    return _unique((k, v) for k, v in form.multi_items() if isinstance(v, str))
 
 
 CHANGEABLE = ("runId", "parameters", "executionDuration", "destruction", "errorSummary")
@@ -53,8 +72,10 @@ async def job_changes(request: Request) -> dict[str, Any]:
         body = await json_body(request)
         if not isinstance(body, dict):
             raise InvalidRequest("the JSON body must be an object")
+        body = _unique((str(k), v) for k, v in body.items())
     else:
-        body = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        form = await request.form()
+        body = _unique((k, v) for k, v in form.multi_items() if isinstance(v, str))
     fields = {name.lower(): name for name in CHANGEABLE}
     ignored = {name.lower() for name in READ_ONLY}
     changes: dict[str, Any] = {}
@@ -83,11 +104,16 @@ async def job_changes(request: Request) -> dict[str, Any]:
     return changes
 
 
-def _parameter_list(value: Any) -> dict[str, str]:
-    """django-uws's `[{key, value}]` as a dict of text."""
+def _parameter_pairs(value: Any) -> list[tuple[str, str]]:
+    """django-uws's `[{key, value}]` as (name, text) pairs."""
     if not isinstance(value, list) or not all(isinstance(i, dict) and "key" in i for i in value):
         raise InvalidRequest("parameters must be a list of {key, value} objects")
-    return {_text(i["key"]): _text(i.get("value", "")) for i in value}
+    return [(_text(i["key"]), _text(i.get("value", ""))) for i in value]
+
+
+def _parameter_list(value: Any) -> dict[str, str]:
+    """django-uws's `[{key, value}]` as a dict of text; a name given twice is refused."""
+    return _unique(_parameter_pairs(value))
 
 
 def phases(values: list[str]) -> list[UWSPhase]:

@@ -246,14 +246,43 @@ def test_the_django_uws_json_dialect(gateway: Gateway) -> None:
     )
 
 
-def test_a_job_token_that_was_never_issued_is_refused(gateway: Gateway) -> None:
+def test_a_job_token_that_was_never_issued_is_refused_and_tells_nothing(gateway: Gateway) -> None:
     job_id = gateway.create(workflow="hello-world")
-    forged = httpx.post(
-        f"{gateway.url}/uws/jobs/{job_id}/phase/",
-        json={"PHASE": "COMPLETE"},
-        headers={"Authorization": "Token " + "0" * 40},
-    )
-    assert forged.status_code == 403
+    answers = []
+    for target in (job_id, "999999", "no-such-job"):
+        forged = httpx.post(
+            f"{gateway.url}/uws/jobs/{target}/phase/",
+            json={"PHASE": "COMPLETE"},
+            headers={"Authorization": "Token " + "0" * 40},
+        )
+        answers.append((forged.status_code, forged.json()))
+    # a pending job (no call-back yet), a missing one and a malformed id: one answer
+    assert answers == [(401, {"detail": "the job token is not valid"})] * 3
+    assert gateway.http.get(f"/uws/jobs/{job_id}/phase").text == "PENDING"
+
+
+def test_a_parameter_given_twice_in_any_case_is_refused_and_nothing_is_made(
+    gateway: Gateway,
+) -> None:
+    before = gateway.http.get("/uws/jobs").text.count("<uws:jobref")
+    bodies = [
+        {"data": {"workflow": "hello-world", "Parameter3": "1", "parameter3": "2"}},
+        {"data": {"workflow": "hello-world", "Parameter3": ["1", "2"]}},
+        {"json": {"parameters": [{"key": "workflow", "value": "hello-world"},
+                                 {"key": "Parameter3", "value": "1"},
+                                 {"key": "PARAMETER3", "value": "2"}]}},
+        {"json": {"workflow": "hello-world", "Parameter3": 1,
+                  "parameters": [{"key": "parameter3", "value": "2"}]}},
+    ]  # fmt: skip
+    for body in bodies:
+        answer = gateway.http.post("/uws/jobs", **body)  # type: ignore[arg-type]
+        assert answer.status_code == 400, (body, answer.text)
+        assert "is given more than once" in answer.json()["detail"], answer.text
+        assert "parameter3" in answer.json()["detail"].lower()
+    assert gateway.http.get("/uws/jobs").text.count("<uws:jobref") == before
+    job_id = gateway.create(workflow="hello-world")
+    twice = gateway.http.post(f"/uws/jobs/{job_id}/phase", data={"PHASE": "RUN", "phase": "x"})
+    assert twice.status_code == 400
     assert gateway.http.get(f"/uws/jobs/{job_id}/phase").text == "PENDING"
 
 
