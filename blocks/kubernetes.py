@@ -52,6 +52,7 @@ from planner.models import TaskType
 
 READY_WAIT = 5.0  # seconds a job may be pending before its pod is looked at for a reason
 LOOK_AGAIN = 15.0  # seconds between looks at pending pods when no job has ended
+MIN_TTL = 10  # seconds an ended Job must stay: its end and log are read at the next poll
 
 
 class KubernetesFacility(FacilityBlock):
@@ -126,7 +127,12 @@ class KubernetesFacility(FacilityBlock):
         default=None, description="Image in which jobs that name no image run (uri://executable)."
     )
     ttl_after_finished: int = Field(
-        default=3600, ge=0, description="Seconds an ended Job stays in the cluster."
+        default=3600,
+        ge=MIN_TTL,
+        description=(
+            f"Seconds an ended Job stays in the cluster (at least {MIN_TTL}: its exit code and "
+            "log are read after it ends, at the next poll)."
+        ),
     )
     pending_limit: Duration = Field(
         default=300,

@@ -106,7 +106,8 @@ class PoolWorker:
                 env=self.env,
                 start_new_session=True,
             )
-        wait_until(self.log.read_text, lambda text: text.count("started!") >= started, 120)
+        text = wait_until(self.log.read_text, lambda text: text.count("started!") >= started, 120)
+        assert text.count("started!") >= started, f"the worker did not start:\n{text[-2000:]}"
         return self
 
     def kill(self) -> None:

@@ -256,6 +256,7 @@ def _cancel_and_wait(run_id: UUID) -> int:
         found = wait_until(
             lambda: client.read_flow_run(run_id).infrastructure_pid, bool, 30
         )  # recorded as "<host>:<pid>" once the worker has the process
+        assert found, "the worker never recorded the run's process"
         leader = int(str(found).rsplit(":", 1)[-1])
         assert alive(leader)
         client.set_flow_run_state(run_id, Cancelling(), force=True)

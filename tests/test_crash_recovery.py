@@ -86,7 +86,8 @@ def workers(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             )
     try:
         for log in made.logs.values():
-            wait_until(log.read_text, lambda text: "started!" in text, 120)
+            text = wait_until(log.read_text, lambda text: "started!" in text, 120)
+            assert "started!" in text, f"a worker did not start:\n{text[-2000:]}"
         yield made
     finally:
         for process in made.processes.values():

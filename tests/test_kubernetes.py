@@ -24,7 +24,7 @@ import pytest
 from kubernetes.client import ApiClient, ApiException, BatchV1Api, Configuration
 from kubernetes.watch import Watch
 
-from blocks.kubernetes import KubernetesFacility
+from blocks.kubernetes import MIN_TTL, KubernetesFacility
 from blocks.kubernetes_manifest import object_name
 from core.backoff import wait_until
 from core.errors import JobRefused
@@ -108,7 +108,8 @@ def test_variables_travel_in_a_secret_never_in_the_job(
     refs = facility.submit(
         [_spec(name, 'printf "%s" "$TOKEN" > token.txt', env={"TOKEN": token}, outputs=["x"])]
     )
-    wait_until(lambda: facility.poll(refs)[0].state, lambda s: s.is_final, 120)
+    state = wait_until(lambda: facility.poll(refs)[0].state, lambda s: s.is_final, 120)
+    assert state is JobState.COMPLETED
     job = _batch(api).read_namespaced_job(object_name(name), "default").to_dict()
     assert token not in json.dumps(job, default=str), "the Job carries no value in clear"
     assert job["spec"]["template"]["spec"]["containers"][0]["env_from"] == [
@@ -204,14 +205,17 @@ def test_ended_jobs_expire_from_the_cluster_and_stay_known(
     kube: StandInCluster, tmp_path: Path
 ) -> None:
     facility = KubernetesFacility(
-        api_url=kube.url, host_path=tmp_path / "jobs", ttl_after_finished=1
+        api_url=kube.url, host_path=tmp_path / "jobs", ttl_after_finished=MIN_TTL
     )
     name = _name("ttl")
     refs = facility.submit([_spec(name, "echo kept")])
     [done] = settle(facility, refs, 120)
     assert done.state is JobState.COMPLETED
     selector = f"esap-prefect/job={object_name(name)}"
-    wait_until(lambda: kube.cluster.list("jobs", "default", selector)[0], lambda j: not j, 30)
+    expired = wait_until(
+        lambda: kube.cluster.list("jobs", "default", selector)[0], lambda j: not j, MIN_TTL + 30
+    )
+    assert expired == [], "the cluster keeps ended Jobs for ttl_after_finished only"
     assert facility.poll(refs) == [done]
     assert facility.logs(refs)[0].stdout == "kept\n"
 
