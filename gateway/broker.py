@@ -313,7 +313,11 @@ class Broker:
     async def _accept(self, owner: str, session_id: str, stored: StoredSession) -> None:
         parameters = _job_parameters(stored.document, stored.facility)
         job = await self.service.create(owner, parameters)
-        await self.service.run(job)
+        try:
+            await self.service.run(job)
+        except BaseException:
+            await self.service.delete(job)  # the session stays OFFERED, with no job behind it
+            raise
         self.offers.accept(session_id, job.job_id)
 
 

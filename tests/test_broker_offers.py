@@ -13,12 +13,15 @@ from core.states import UWSPhase
 from gateway.broker import Broker, iso_duration
 from gateway.broker_models import (
     DOCKER,
+    SIMPLE_COMPUTE,
     DockerContainer,
     DockerImage,
+    OfferSet,
     Phase,
     ResourceList,
     Schedule,
     Session,
+    SimpleCompute,
 )
 from gateway.broker_store import OfferStore, StoredSession
 from gateway.database import open_database
@@ -54,3 +57,41 @@ def test_iso_durations() -> None:
     assert [iso_duration(s) for s in (0, 59, 600, 5400, 90061)] == [
         "PT0S", "PT59S", "PT10M", "PT1H30M", "PT25H1M1S"
     ]  # fmt: skip
+
+
+def test_an_accepted_offer_whose_run_cannot_be_made_leaves_no_job(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    """The session Prefect API has no run-container deployment: RUN fails, the job goes."""
+    import asyncio
+
+    import pytest
+    from prefect.client.orchestration import get_client
+
+    from gateway.errors import GatewayError
+    from gateway.service import JobService
+    from gateway.settings import GatewaySettings
+    from gateway.store import JobStore
+
+    db = open_database(tmp_path / "gateway.db")
+    offered = _stored("OFFERED", now() + timedelta(seconds=600)).document
+    compute = SimpleCompute(type=SIMPLE_COMPUTE)
+    document = offered.model_copy(update={"resources": ResourceList(compute=[compute])})
+    stored = StoredSession("set", "me", Phase.OFFERED, offered.expires, "local", None, document)
+    offers = OfferStore(db)
+    head = OfferSet(uuid="set", created=now(), href="h", result="YES")
+    offers.save("me", head, [stored.document], ["local"])
+
+    async def accept() -> JobStore:
+        async with get_client() as client:
+            store = JobStore(db)
+            broker = Broker(offers, JobService(store, client, GatewaySettings()), list, 600)
+            with pytest.raises((GatewayError, LookupError, ValueError)):
+                await broker._accept("me", stored.document.uuid, stored)
+            return store
+
+    store = asyncio.run(accept())
+    assert store.count("me") == 0, "the job of a run that could not be made must not stay"
+    session = offers.session(stored.document.uuid)
+    assert session is not None and session.phase is Phase.OFFERED and session.job_id is None
+    db.close()
