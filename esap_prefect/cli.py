@@ -42,6 +42,7 @@ from esap_prefect.running import show
 
 if TYPE_CHECKING:
     from blocks.facility import FacilityBlock
+    from gateway.settings import GatewaySettings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -644,9 +645,7 @@ def up(
 ) -> None:
     """Start the embedded stack and keep it running until Ctrl-C or SIGTERM."""
     stopping = _until_stopped()
-    from gateway.settings import GatewaySettings
-
-    prefix = GatewaySettings().esap_prefix
+    prefix = _gateway_settings().esap_prefix
     with _stack(host, port, gateway_port) as stack:
         esap = f"  ESAP:        {stack.gateway_url}{prefix}/uws/jobs/\n" if prefix else ""
         typer.echo(
@@ -704,13 +703,25 @@ def gateway(
         label = database_label(_checked_settings())
         _check_credential(os.environ["PREFECT_API_URL"])
     from gateway.app import serve
-    from gateway.settings import GatewaySettings
 
+    settings = _gateway_settings(host=host, port=port)
     typer.echo(
         f"gateway on http://{host}:{port} for {os.environ['PREFECT_API_URL']}; jobs in {label}",
         err=True,
     )
-    serve(GatewaySettings(host=host, port=port))
+    serve(settings)
+
+
+def _gateway_settings(**given: Any) -> GatewaySettings:
+    """The gateway's settings from the environment; a wrong one is one line (exit 2)."""
+    from core.errors import FatalError
+    from gateway.settings import GatewaySettings
+
+    with _user_errors():
+        try:
+            return GatewaySettings(**given)
+        except (FatalError, ValueError) as exc:
+            raise UserError(str(exc)) from None
 
 
 def _check_credential(api: str) -> None:

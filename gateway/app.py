@@ -32,6 +32,7 @@ from gateway.routes_esap import esap_router
 from gateway.routes_planner import facility_capabilities
 from gateway.routes_planner import router as planner_router
 from gateway.routes_uws import router as uws_router
+from gateway.server_protocol import timed_protocol
 from gateway.service import JobService
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
@@ -113,7 +114,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(httpx.TransportError, prefect_unavailable)
     app.add_exception_handler(httpx.HTTPStatusError, prefect_unavailable)
     app.add_middleware(CompressDocuments)
-    app.add_middleware(BodyLimit, limit=config.max_body)
+    app.add_middleware(BodyLimit, limit=config.max_body, seconds=config.body_seconds)
     if config.cors_origins:
         # browsers on these origins (ESAP's GUI) may call with credentials; preflights are
         # answered before anything else runs
@@ -135,7 +136,13 @@ def serve(settings: GatewaySettings | None = None) -> None:
 
     os.umask(0o077)  # the job table and anything else the gateway writes: owner only
     config = settings or GatewaySettings()
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        http=timed_protocol(config.header_seconds),
+    )
 
 
 if __name__ == "__main__":

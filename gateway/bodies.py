@@ -5,6 +5,7 @@ JSON and YAML nest at most 64 deep; YAML aliases (the "billion laughs") are refu
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -14,21 +15,21 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import BodyTooLarge, InvalidRequest
+from gateway.errors import BodyTimeout, BodyTooLarge, InvalidRequest
 
 MAX_DEPTH = 64
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over `limit` bytes, before it is read whole.
+    """ASGI middleware: 413 for a body over `limit` bytes, 408 for one slower than `seconds`.
 
     A declared Content-Length over the limit is answered at once; a chunked body is counted
     as it arrives and cut off at the limit.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, seconds: float = 60.0) -> None:
+        self.app, self.limit, self.seconds = app, limit, seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,13 +39,23 @@ class BodyLimit:
         if declared.isascii() and declared.isdigit() and int(declared) > self.limit:
             await self._refuse(scope, receive, send)
             return
-        seen = 0
+        seen, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + self.seconds
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # the body is in: waits for a disconnect are not timed
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except TimeoutError:
+                raise BodyTimeout(
+                    f"the request body did not arrive within {self.seconds:g} s"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.limit:
                     raise BodyTooLarge(self._text())
             return message

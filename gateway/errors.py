@@ -58,6 +58,13 @@ class BodyTooLarge(GatewayError):
     status = 413
 
 
+class BodyTimeout(GatewayError):
+    """The request body did not arrive in time (408)."""
+
+    status = 408
+    headers = {"Connection": "close"}
+
+
 class UnsupportedMedia(GatewayError):
     """The body's media type is not one the route reads (415)."""
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.settings import database_url, home
+from core.settings import database_url, env_number, home
 
 
 def _env_float(name: str, default: float) -> float:
@@ -88,6 +88,12 @@ class GatewaySettings:
         default_factory=lambda: _env_float("ESAP_GATEWAY_DESTRUCTION_DAYS", 30.0)
     )
     max_body: int = field(default_factory=lambda: _env_int("ESAP_GATEWAY_MAX_BODY", 1 << 20))
+    header_seconds: float = field(
+        default_factory=lambda: env_number("ESAP_GATEWAY_HEADER_SECONDS", "10", 1, 600)
+    )
+    body_seconds: float = field(
+        default_factory=lambda: env_number("ESAP_GATEWAY_BODY_SECONDS", "60", 1, 3600)
+    )
     jwks_cooldown: float = field(
         default_factory=lambda: _env_float("ESAP_GATEWAY_JWKS_COOLDOWN", 30.0)
     )

@@ -336,3 +336,21 @@ def test_bad_crash_settings_are_refused_by_every_long_running_command(
     for command in every if value == "nan" else every[:1]:
         done = cli(*command, api=api, home=tmp_path, timeout=60)
         assert_clean_error(done, f"{variable}={value!r}", expected)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("ESAP_GATEWAY_HEADER_SECONDS", "abc", "ESAP_GATEWAY_HEADER_SECONDS='abc': give seconds"),
+        ("ESAP_GATEWAY_BODY_SECONDS", "0", "ESAP_GATEWAY_BODY_SECONDS='0'"),
+        ("ESAP_GATEWAY_CORS_ORIGINS", "*", "ESAP_GATEWAY_CORS_ORIGINS: '*' is not an origin"),
+    ],
+)
+def test_a_wrong_gateway_setting_is_one_line_from_up_and_gateway(
+    variable: str, value: str, named: str, tmp_path: Path
+) -> None:
+    for command in (["up", "--port", "1"], ["gateway", "--port", "1"]):
+        done = cli_with(
+            {variable: value, "PREFECT_API_URL": "http://127.0.0.1:1/api"}, *command, home=tmp_path
+        )
+        assert_clean_error(done, named)

@@ -619,3 +619,57 @@ def test_hostile_values_in_every_field_get_no_server_error(gateway: Gateway) -> 
     # after all that, every list is still a valid document for everyone
     assert gateway.http.get("/uws/jobs").status_code == 200
     assert gateway.http.get("/uws/jobs", headers=JSON).status_code == 200
+
+
+def _closed_after(conn: socket.socket, drip: bytes, limit: float) -> float | None:
+    """Seconds until the gateway closes `conn` while `drip` goes out a byte per 0.3 s."""
+    started = time.monotonic()
+    conn.setblocking(False)
+    for byte in drip:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+            conn.send(bytes([byte]))
+        readable, _, _ = select.select([conn], [], [], 0.3)
+        if readable:
+            try:
+                if conn.recv(4096) == b"":
+                    return time.monotonic() - started
+            except (ConnectionResetError, BlockingIOError):
+                return time.monotonic() - started
+        if time.monotonic() - started > limit:
+            return None
+    return None
+
+
+def test_slow_headers_and_slow_bodies_are_cut_off_while_others_are_served(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """Slowloris: headers a byte at a time, a silent connection, a body that never ends."""
+    settings = {"ESAP_GATEWAY_HEADER_SECONDS": "2", "ESAP_GATEWAY_BODY_SECONDS": "2"}
+    (tmp_path / "home").mkdir(mode=0o700, parents=True)
+    (tmp_path / "home" / "token").write_text((gateway.home / "token").read_text())
+    with _lone_gateway(gateway, tmp_path, **settings) as base:
+        port = int(base.rsplit(":", 1)[1])
+        endless = b"GET /uws/availability HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200
+        slow = socket.create_connection(("127.0.0.1", port))
+        silent = socket.create_connection(("127.0.0.1", port))
+        took = _closed_after(slow, endless, 15)
+        assert took is not None and took < 6, "a client dripping its headers was not cut off"
+        silent.settimeout(10)
+        assert silent.recv(10) == b"", "a silent connection must be closed"
+        assert httpx.get(f"{base}/uws/availability").status_code == 200
+        body = socket.create_connection(("127.0.0.1", port))
+        body.sendall(
+            b"POST /uws/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+            b"\r\nContent-Length: 1000\r\nAuthorization: Bearer " + gateway.token.encode()
+            + b"\r\n\r\nworkflow=hello"
+        )  # fmt: skip
+        body.settimeout(10)
+        started = time.monotonic()
+        answer = b""
+        while chunk := body.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 2 s" in answer
+        assert time.monotonic() - started < 6
+        for conn in (slow, silent, body):
+            conn.close()
