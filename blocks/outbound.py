@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -145,6 +145,20 @@ def check_url(url: str) -> str:
     return url
 
 
+def _checked_addresses(url: str, host: str, port: int, allowed: list[Allowed]) -> list[Address]:
+    """Every address `host` resolves to, once, each checked (Refused naming `url`); OSError
+    when it resolves to none.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [_address(str(info[4][0])) for info in infos]
+    for address in addresses:
+        try:
+            check_address(address, port, allowed)
+        except Refused as exc:
+            raise Refused(f"{url} cannot be fetched: {exc}") from None
+    return addresses
+
+
 class GuardedTransport(httpx.HTTPTransport):
     """httpx transport that connects only to checked addresses of the name asked for."""
 
@@ -158,20 +172,12 @@ class GuardedTransport(httpx.HTTPTransport):
             raise Refused(f"{url} must be an http(s) URL with a host")
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            infos = socket.getaddrinfo(url.host, port, type=socket.SOCK_STREAM)
+            addresses = _checked_addresses(str(url), url.host, port, self._allowed)
         except OSError:
             raise httpx.ConnectError(f"{url.host} is not known") from None
-        addresses = [_address(str(info[4][0])) for info in infos]
-        for address in addresses:
-            try:
-                check_address(address, port, self._allowed)
-            except Refused as exc:
-                raise Refused(f"{url} cannot be fetched: {exc}") from None
-        target = addresses[0]
-        host = f"[{target}]" if target.version == 6 else str(target)
         pinned = httpx.Request(
             request.method,
-            url.copy_with(host=host.strip("[]")),
+            url.copy_with(host=str(addresses[0])),
             headers=request.headers,
             stream=request.stream,
             extensions={**request.extensions, "sni_hostname": url.host},
@@ -253,12 +259,5 @@ def check_host(url: str) -> None:
     check_url(url)
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(parts.hostname or "", port, type=socket.SOCK_STREAM)
-    except OSError:
-        return  # the tool says the host is unknown
-    for info in infos:
-        try:
-            check_address(_address(str(info[4][0])), port)
-        except Refused as exc:
-            raise Refused(f"{url} cannot be fetched: {exc}") from None
+    with suppress(OSError):  # an unknown host: the tool says so
+        _checked_addresses(url, parts.hostname or "", port, allow_list())

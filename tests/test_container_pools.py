@@ -236,7 +236,7 @@ def test_hello_world_completes_in_the_runtime_image_and_archives_on_the_host(
 def _sleeping(deployment: str, home: Path) -> tuple[FlowRun, dict[str, Any], Path]:
     out, hook = home / f"sleeper-{time.monotonic_ns()}.json", home / f"hook-{time.monotonic_ns()}"
     run = _run(deployment, out=str(out), hook=str(hook))
-    wait_until(out.exists, bool, 180)
+    assert wait_until(out.exists, bool, 180), f"the sleeper of {run.id} never wrote {out}"
     return run, json.loads(out.read_text()), hook
 
 

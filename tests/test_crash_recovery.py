@@ -139,7 +139,7 @@ def test_a_killed_flow_process_is_retried_and_takes_its_running_job_over(
     workers: Workers, tmp_path: Path
 ) -> None:
     run = _run("long-job", marks=str(tmp_path), seconds=12)
-    wait_until(lambda: _starts(tmp_path), bool, 120)
+    assert wait_until(lambda: _starts(tmp_path), bool, 120), "the job never started"
     [pid] = _flow_pids(tmp_path)
     os.kill(pid, signal.SIGKILL)  # the OOM killer, say; its worker lives on
     killed = time.monotonic()
@@ -170,7 +170,7 @@ def test_a_worker_killed_for_good_has_its_run_finished_by_the_other(
     workers: Workers, tmp_path: Path
 ) -> None:
     run = _run("long-job", marks=str(tmp_path), seconds=5)
-    wait_until(lambda: _starts(tmp_path), bool, 120)
+    assert wait_until(lambda: _starts(tmp_path), bool, 120), "the job never started"
     [pid] = _flow_pids(tmp_path)
     owner = workers.running(pid)
     [job] = _starts(tmp_path)
@@ -229,7 +229,10 @@ def test_a_production_killed_while_its_dirac_jobs_wait_finds_them_again(
         facility="crash-grid",
     )
     prefix = f"cta-mc-{str(run.id)[:8]}-"
-    wait_until(lambda: len(_dirac_jobs(sim, prefix)), lambda n: n == PRODUCTION_RUNS, 300)
+    submitted = wait_until(
+        lambda: len(_dirac_jobs(sim, prefix)), lambda n: n == PRODUCTION_RUNS, 300
+    )
+    assert submitted == PRODUCTION_RUNS, f"{submitted} of {PRODUCTION_RUNS} jobs submitted"
     flows = [
         p
         for p in psutil.process_iter(["environ"])
@@ -240,11 +243,12 @@ def test_a_production_killed_while_its_dirac_jobs_wait_finds_them_again(
         _kill(process)
     killed = time.monotonic()
     with get_client(sync_client=True) as client:
-        wait_until(
+        again = wait_until(
             lambda: client.read_flow_run(run.id),
             lambda r: r.run_count == 2 and r.state_type is StateType.RUNNING,
             120,
         )
+    assert again.run_count == 2 and again.state_type is StateType.RUNNING, again.state
     back = time.monotonic() - killed
     stop = threading.Event()
 
