@@ -146,8 +146,9 @@ def check_url(url: str) -> str:
 
 
 def _checked_addresses(url: str, host: str, port: int, allowed: list[Allowed]) -> list[Address]:
-    """Every address `host` resolves to, once, each checked (Refused naming `url`); OSError
-    when it resolves to none.
+    """Every address `host` resolves to, each checked; Refused names `url`.
+
+    OSError when the name resolves to nothing.
     """
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses = [_address(str(info[4][0])) for info in infos]
